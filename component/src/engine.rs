@@ -1,0 +1,933 @@
+//! The cache's rules: what `get`, `set`, `delete`, `schedule_refresh`,
+//! `run_job` and `close` do, over any [`Runtime`].
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::future::poll_fn;
+use std::rc::Rc;
+use std::task::Poll;
+
+use crate::fill::{Fill, FillReader};
+use crate::freshness::{Freshness, classify};
+use crate::generation::Generations;
+use crate::meta::if_none_match;
+use crate::runtime::{Body, Entry, Fetched, Job, JobKind, Origin, Runtime, Sink, Tier};
+use crate::wait::{Wakers, race};
+use crate::{Config, Error, Metadata, Result};
+
+/// How often a request that joined a failed fetch tries again before it
+/// gives up with that fetch's error.
+const MAX_ATTEMPTS: usize = 3;
+
+/// How long a scheduled refresh blocks another refresh of its key, in ms,
+/// in case the host drops the job without running it.
+const REFRESH_DEDUP_MS: u64 = 60_000;
+
+/// Outcome of a `get`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    /// A body follows.
+    Ok,
+    /// The `If-None-Match` matched.
+    NotModified,
+    /// The origin says the key does not exist.
+    NotFound,
+}
+
+/// Where an answer came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// A tier, by index.
+    Tier(u32),
+    /// The origin, fetched for this request.
+    Origin,
+    /// Another request's fill, joined.
+    Joined,
+}
+
+/// The body of an `ok` response.
+pub enum ResponseBody<R: Runtime> {
+    /// A tier's body, handed through untouched.
+    Direct {
+        /// The body.
+        body: R::Body,
+        /// Its length.
+        size: u64,
+    },
+    /// A reader of a fill (a fetch or a promotion in progress).
+    Fill(FillReader),
+}
+
+/// The answer to a `get`.
+pub struct Response<R: Runtime> {
+    /// The outcome.
+    pub status: Status,
+    /// The entry's metadata.
+    pub meta: Metadata,
+    /// Where the answer came from.
+    pub source: Source,
+    /// The entry was stale and a refresh was scheduled.
+    pub stale: bool,
+    /// The body, for `Status::Ok`.
+    pub body: Option<ResponseBody<R>>,
+}
+
+impl<R: Runtime> Response<R> {
+    fn without_body(status: Status, meta: Metadata, source: Source, stale: bool) -> Self {
+        Response {
+            status,
+            meta,
+            source,
+            stale,
+            body: None,
+        }
+    }
+}
+
+/// The cache engine. Cheap to clone; clones share one cache.
+pub struct Engine<R: Runtime> {
+    inner: Rc<Inner<R>>,
+}
+
+impl<R: Runtime> Clone for Engine<R> {
+    fn clone(&self) -> Self {
+        Engine {
+            inner: Rc::clone(&self.inner),
+        }
+    }
+}
+
+struct Inner<R: Runtime> {
+    rt: R,
+    config: Config,
+    tiers: Vec<R::Tier>,
+    closed: Cell<bool>,
+    generations: RefCell<Generations>,
+    /// In-flight fetches and promotions, for requests to join.
+    flights: RefCell<HashMap<String, Rc<Flight>>>,
+    /// Keys with a refresh queued or running, with when that claim lapses.
+    refreshing: RefCell<HashMap<String, u64>>,
+}
+
+/// A fetch or promotion that concurrent requests for the key can join.
+struct Flight {
+    answer: RefCell<Option<Answer>>,
+    wakers: RefCell<Wakers>,
+}
+
+#[derive(Clone)]
+enum Answer {
+    Fill(Rc<Fill>),
+    NotFound(Metadata),
+    Retry(Error),
+}
+
+impl Flight {
+    fn new() -> Rc<Self> {
+        Rc::new(Flight {
+            answer: RefCell::new(None),
+            wakers: RefCell::default(),
+        })
+    }
+
+    fn answer(&self, answer: Answer) {
+        *self.answer.borrow_mut() = Some(answer);
+        self.wakers.borrow_mut().wake_all();
+    }
+
+    async fn wait(&self) -> Answer {
+        poll_fn(|cx| match &*self.answer.borrow() {
+            Some(answer) => Poll::Ready(answer.clone()),
+            None => {
+                self.wakers.borrow_mut().register(cx.waker());
+                Poll::Pending
+            }
+        })
+        .await
+    }
+}
+
+/// The leader's hold on a flight: if the leader goes away without an
+/// answer (its timeout fired, its task was cancelled), the waiters are
+/// told to try again and one of them leads.
+struct Lead<R: Runtime> {
+    inner: Rc<Inner<R>>,
+    key: String,
+    flight: Rc<Flight>,
+    answered: bool,
+}
+
+impl<R: Runtime> Lead<R> {
+    fn answer(mut self, answer: Answer) {
+        let done = !matches!(answer, Answer::Fill(_));
+        self.flight.answer(answer);
+        if done {
+            self.inner.end_flight(&self.key, &self.flight);
+        }
+        self.answered = true;
+    }
+}
+
+impl<R: Runtime> Drop for Lead<R> {
+    fn drop(&mut self) {
+        if !self.answered {
+            self.flight.answer(Answer::Retry(Error::Other(
+                "the request fetching this key went away".into(),
+            )));
+            self.inner.end_flight(&self.key, &self.flight);
+        }
+    }
+}
+
+/// One step of a `get`: an answer, or "look again" after a joined fetch
+/// failed or finished without a joinable body.
+enum Step<R: Runtime> {
+    Done(Response<R>),
+    Again(Error),
+}
+
+/// Where a fill writes and what it schedules after committing.
+struct FillPlan<R: Runtime> {
+    key: String,
+    generation: u64,
+    sinks: Vec<R::Sink>,
+    /// Tiers to copy the entry into after the commit, from tier 0.
+    copy_after: Vec<u32>,
+    /// Abort unless some reader reads the body to its end.
+    needs_reader: bool,
+    flight: Option<Rc<Flight>>,
+}
+
+impl<R: Runtime> Engine<R> {
+    /// Open a cache over `tiers` (tier 0 first) after validating `config`.
+    pub fn open(config: Config, tiers: Vec<R::Tier>, rt: R) -> Result<Self> {
+        let names: Vec<String> = tiers.iter().map(Tier::name).collect();
+        config.validate(&names)?;
+        Ok(Engine {
+            inner: Rc::new(Inner {
+                rt,
+                config,
+                tiers,
+                closed: Cell::new(false),
+                generations: RefCell::default(),
+                flights: RefCell::default(),
+                refreshing: RefCell::default(),
+            }),
+        })
+    }
+
+    /// The runtime the engine was opened with.
+    pub fn runtime(&self) -> &R {
+        &self.inner.rt
+    }
+
+    /// Read `key` through the tiers and then `origin`.
+    pub async fn get(
+        &self,
+        key: &str,
+        if_none_match: Option<&str>,
+        origin: R::Origin,
+    ) -> Result<Response<R>> {
+        let inner = &self.inner;
+        inner.check(key)?;
+        let mut origin = Some(origin);
+        let setup = async {
+            let mut last = Error::Other("no attempt was made".into());
+            for _ in 0..MAX_ATTEMPTS {
+                match inner.attempt(key, if_none_match, &mut origin).await? {
+                    Step::Done(response) => return Ok(response),
+                    Step::Again(why) => last = why,
+                }
+            }
+            Err(last)
+        };
+        race(setup, inner.rt.sleep(inner.config.operation_timeout))
+            .await
+            .unwrap_or(Err(Error::Timeout))
+    }
+
+    /// Write `key` into tier 0 directly; `cached-at` becomes now.
+    pub async fn set(&self, key: &str, mut meta: Metadata) -> Result<Writer<R>> {
+        let inner = &self.inner;
+        inner.check(key)?;
+        let generation = inner.invalidate(key);
+        meta.cached_at = Some(inner.rt.now_ms());
+        let sink = inner.tiers[0].begin_write(key, &meta).await?;
+        Ok(Writer {
+            inner: Rc::clone(inner),
+            key: key.to_owned(),
+            generation,
+            sink,
+        })
+    }
+
+    /// Remove `key` from every tier, the lowest first, so that an upper
+    /// tier can never be refilled from a lower one meanwhile. Keeps going
+    /// past a failing tier and reports the first error.
+    pub async fn delete(&self, key: &str) -> Result<()> {
+        let inner = &self.inner;
+        inner.check(key)?;
+        inner.invalidate(key);
+        let mut first = Ok(());
+        for tier in inner.tiers.iter().rev() {
+            if let Err(e) = tier.delete(key).await
+                && first.is_ok()
+            {
+                first = Err(e);
+            }
+        }
+        first
+    }
+
+    /// Refresh `key` from `origin` in the background. A refresh of the key
+    /// already queued or running makes this a no-op.
+    pub fn schedule_refresh(&self, key: &str, origin: R::Origin) -> Result<()> {
+        self.inner.check(key)?;
+        self.inner.schedule_refresh(key, origin)
+    }
+
+    /// Run a job this engine submitted. Runs after `close` too, so that a
+    /// host draining its queue at shutdown finishes the work.
+    pub async fn run_job(&self, job: Job, origin: Option<R::Origin>) -> Result<()> {
+        let inner = &self.inner;
+        match job.kind {
+            JobKind::Refresh => {
+                let result = match origin {
+                    Some(origin) => inner.refresh(&job.key, job.generation, origin).await,
+                    None => Err(Error::Other("a refresh job needs an origin".into())),
+                };
+                inner.refreshing.borrow_mut().remove(&job.key);
+                result
+            }
+            JobKind::Copy { source, targets } => {
+                inner.copy(&job.key, job.generation, source, &targets).await
+            }
+        }
+    }
+
+    /// Close: every later call fails with `Closed`; bodies already handed
+    /// out stay readable and fills in progress finish. Idempotent.
+    pub fn close(&self) {
+        self.inner.closed.set(true);
+    }
+
+    /// Number of fetches and promotions that requests can join right now.
+    pub fn flights(&self) -> usize {
+        self.inner.flights.borrow().len()
+    }
+}
+
+impl<R: Runtime> Inner<R> {
+    fn check(&self, key: &str) -> Result<()> {
+        if self.closed.get() {
+            return Err(Error::Closed);
+        }
+        self.config.check_key(key)
+    }
+
+    /// Advance `key`'s generation and forget its in-flight fetch, so that
+    /// writes begun before now never commit and new requests start afresh.
+    fn invalidate(&self, key: &str) -> u64 {
+        self.flights.borrow_mut().remove(key);
+        self.generations.borrow_mut().bump(key)
+    }
+
+    fn generation(&self, key: &str) -> u64 {
+        self.generations.borrow().current(key)
+    }
+
+    fn flight(&self, key: &str) -> Option<Rc<Flight>> {
+        self.flights.borrow().get(key).cloned()
+    }
+
+    fn end_flight(&self, key: &str, flight: &Rc<Flight>) {
+        let mut flights = self.flights.borrow_mut();
+        if flights.get(key).is_some_and(|f| Rc::ptr_eq(f, flight)) {
+            flights.remove(key);
+        }
+    }
+
+    fn lead(self: &Rc<Self>, key: &str) -> Lead<R> {
+        let flight = Flight::new();
+        self.flights
+            .borrow_mut()
+            .insert(key.to_owned(), Rc::clone(&flight));
+        Lead {
+            inner: Rc::clone(self),
+            key: key.to_owned(),
+            flight,
+            answered: false,
+        }
+    }
+
+    fn lower_tiers(&self, from: usize, to: usize) -> Vec<u32> {
+        (from..to).map(|i| i as u32).collect()
+    }
+
+    fn schedule_refresh(&self, key: &str, origin: R::Origin) -> Result<()> {
+        let now = self.rt.now_ms();
+        {
+            let mut refreshing = self.refreshing.borrow_mut();
+            if refreshing.get(key).is_some_and(|&until| until > now) {
+                return Ok(());
+            }
+            refreshing.insert(key.to_owned(), now + REFRESH_DEDUP_MS);
+        }
+        let job = Job {
+            key: key.to_owned(),
+            generation: self.generation(key),
+            kind: JobKind::Refresh,
+        };
+        self.rt.submit(job, Some(origin)).inspect_err(|_| {
+            self.refreshing.borrow_mut().remove(key);
+        })
+    }
+
+    /// Refresh after serving a stale entry; a full queue only costs the
+    /// refresh, never the answer.
+    fn refresh_behind(&self, key: &str, origin: &mut Option<R::Origin>) {
+        if let Some(origin) = origin.take() {
+            let _ = self.schedule_refresh(key, origin);
+        }
+    }
+
+    fn submit_copy(&self, key: &str, generation: u64, targets: Vec<u32>) {
+        if targets.is_empty() {
+            return;
+        }
+        let job = Job {
+            key: key.to_owned(),
+            generation,
+            kind: JobKind::Copy { source: 0, targets },
+        };
+        let _ = self.rt.submit(job, None);
+    }
+
+    /// One pass over the tiers, then the origin.
+    async fn attempt(
+        self: &Rc<Self>,
+        key: &str,
+        inm: Option<&str>,
+        origin: &mut Option<R::Origin>,
+    ) -> Result<Step<R>> {
+        let generation = self.generation(key);
+        let now = self.rt.now_ms();
+        let mut dirty = false;
+        let mut held: Option<(usize, Metadata)> = None;
+        for (i, tier) in self.tiers.iter().enumerate() {
+            if i > 0
+                && let Some(flight) = self.flight(key)
+            {
+                return self.join(&flight, inm).await;
+            }
+            let entry = match tier.get(key).await {
+                Ok(Some(entry)) => entry,
+                Ok(None) => continue,
+                Err(e @ Error::InvalidKey(_)) => return Err(e),
+                Err(_) => {
+                    dirty = true;
+                    continue;
+                }
+            };
+            let (positive, negative) = self.config.windows(i);
+            let window = if entry.meta.negative {
+                negative
+            } else {
+                positive
+            };
+            let freshness = classify(&entry.meta, now, window);
+            let source = Source::Tier(i as u32);
+            if freshness == Freshness::Expired {
+                held = Some((i, entry.meta));
+                break;
+            }
+            let stale = freshness == Freshness::Stale;
+            if stale {
+                self.refresh_behind(key, origin);
+            }
+            if entry.meta.negative {
+                if !stale && i > 0 && !dirty {
+                    self.write_negative(key, generation, &entry.meta, 0..i)
+                        .await;
+                }
+                return Ok(Step::Done(Response::without_body(
+                    Status::NotFound,
+                    entry.meta,
+                    source,
+                    stale,
+                )));
+            }
+            if inm.is_some_and(|inm| if_none_match(inm, &entry.meta.tag)) {
+                return Ok(Step::Done(Response::without_body(
+                    Status::NotModified,
+                    entry.meta,
+                    source,
+                    stale,
+                )));
+            }
+            if i == 0 || stale || dirty {
+                let Entry { meta, size, body } = entry;
+                let body = Some(ResponseBody::Direct { body, size });
+                return Ok(Step::Done(Response {
+                    status: Status::Ok,
+                    meta,
+                    source,
+                    stale,
+                    body,
+                }));
+            }
+            // A fresh lower-tier hit: stream it while promoting it to tier 0.
+            if let Some(flight) = self.flight(key) {
+                return self.join(&flight, inm).await;
+            }
+            let lead = self.lead(key);
+            let plan = self
+                .plan(
+                    key,
+                    generation,
+                    &entry.meta,
+                    self.lower_tiers(1, i),
+                    true,
+                    dirty,
+                )
+                .await;
+            let reader = self.start_fill(entry.meta, entry.body, plan, Some(lead));
+            return Ok(Step::Done(fill_response(reader, source)));
+        }
+        if let Some(flight) = self.flight(key) {
+            return self.join(&flight, inm).await;
+        }
+        let Some(origin) = origin.take() else {
+            return Err(Error::Other(
+                "the origin was already handed to a refresh".into(),
+            ));
+        };
+        let lead = self.lead(key);
+        let fetched = match origin.fetch(key, held.as_ref().map(|(_, meta)| meta)).await {
+            Ok(fetched) => fetched,
+            Err(e) => {
+                lead.answer(Answer::Retry(e.clone()));
+                return Err(e);
+            }
+        };
+        let all_lower = self.lower_tiers(1, self.tiers.len());
+        match fetched {
+            Fetched::NotFound => {
+                let meta = Metadata::negative_at(self.rt.now_ms());
+                if !dirty {
+                    self.write_negative(key, generation, &meta, 0..1).await;
+                    self.submit_copy(key, generation, all_lower);
+                }
+                lead.answer(Answer::NotFound(meta.clone()));
+                Ok(Step::Done(Response::without_body(
+                    Status::NotFound,
+                    meta,
+                    Source::Origin,
+                    false,
+                )))
+            }
+            Fetched::NotModified => {
+                // Serve our copy again from the tier that holds it, and
+                // write it back to tier 0 with a new `cached-at`.
+                let vanished = || {
+                    Error::Other(
+                        "the origin answered not-modified but the cached copy is gone".into(),
+                    )
+                };
+                let Some((i, _)) = held else {
+                    lead.answer(Answer::Retry(vanished()));
+                    return Ok(Step::Done(not_found()));
+                };
+                let entry = match self.tiers[i].get(key).await {
+                    Ok(Some(entry)) if !entry.meta.negative => entry,
+                    _ => {
+                        lead.answer(Answer::Retry(vanished()));
+                        return Ok(Step::Done(not_found()));
+                    }
+                };
+                let mut meta = entry.meta;
+                meta.cached_at = Some(self.rt.now_ms());
+                self.serve_fill(
+                    key,
+                    generation,
+                    meta,
+                    entry.body,
+                    Vec::new(),
+                    dirty,
+                    inm,
+                    lead,
+                    Source::Tier(i as u32),
+                )
+                .await
+            }
+            Fetched::Body { mut meta, body } => {
+                meta.cached_at = Some(self.rt.now_ms());
+                meta.negative = false;
+                self.serve_fill(
+                    key,
+                    generation,
+                    meta,
+                    body,
+                    all_lower,
+                    dirty,
+                    inm,
+                    lead,
+                    Source::Origin,
+                )
+                .await
+            }
+        }
+    }
+
+    /// Start the fill of a leader's fetched (or revalidated) body and
+    /// answer with it, or with not-modified when the caller's
+    /// `If-None-Match` matches (the fill then completes unread).
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one call site per origin answer; a struct would only rename them"
+    )]
+    async fn serve_fill(
+        self: &Rc<Self>,
+        key: &str,
+        generation: u64,
+        meta: Metadata,
+        body: R::Body,
+        copy_after: Vec<u32>,
+        dirty: bool,
+        inm: Option<&str>,
+        lead: Lead<R>,
+        source: Source,
+    ) -> Result<Step<R>> {
+        let matched = inm.is_some_and(|inm| if_none_match(inm, &meta.tag));
+        let plan = self
+            .plan(key, generation, &meta, copy_after, !matched, dirty)
+            .await;
+        let answer_meta = meta.clone();
+        let reader = self.start_fill(meta, body, plan, Some(lead));
+        if matched {
+            drop(reader);
+            return Ok(Step::Done(Response::without_body(
+                Status::NotModified,
+                answer_meta,
+                source,
+                false,
+            )));
+        }
+        Ok(Step::Done(fill_response(reader, source)))
+    }
+
+    /// Join another request's fetch or promotion of `key`.
+    async fn join(&self, flight: &Rc<Flight>, inm: Option<&str>) -> Result<Step<R>> {
+        match flight.wait().await {
+            Answer::NotFound(meta) => Ok(Step::Done(Response::without_body(
+                Status::NotFound,
+                meta,
+                Source::Joined,
+                false,
+            ))),
+            Answer::Retry(why) => Ok(Step::Again(why)),
+            Answer::Fill(fill) => {
+                if inm.is_some_and(|inm| if_none_match(inm, &fill.meta().tag)) {
+                    let meta = fill.meta().clone();
+                    return Ok(Step::Done(Response::without_body(
+                        Status::NotModified,
+                        meta,
+                        Source::Joined,
+                        false,
+                    )));
+                }
+                match fill.join() {
+                    Some(reader) => Ok(Step::Done(fill_response(reader, Source::Joined))),
+                    None => {
+                        // Too late to read from the first byte: wait for the
+                        // fill to land in tier 0 and look again.
+                        fill.settled().await;
+                        Ok(Step::Again(Error::Other("the joined fill failed".into())))
+                    }
+                }
+            }
+        }
+    }
+
+    /// Open the tier-0 sink of a fill (none for dirty requests or when
+    /// tier 0 refuses; the body is still served).
+    async fn plan(
+        &self,
+        key: &str,
+        generation: u64,
+        meta: &Metadata,
+        copy_after: Vec<u32>,
+        needs_reader: bool,
+        dirty: bool,
+    ) -> FillPlan<R> {
+        let mut sinks = Vec::new();
+        if !dirty && let Ok(sink) = self.tiers[0].begin_write(key, meta).await {
+            sinks.push(sink);
+        }
+        FillPlan {
+            key: key.to_owned(),
+            generation,
+            sinks,
+            copy_after,
+            needs_reader,
+            flight: None,
+        }
+    }
+
+    /// Spawn the pump of a fill and return its first reader.
+    fn start_fill(
+        self: &Rc<Self>,
+        meta: Metadata,
+        source: R::Body,
+        mut plan: FillPlan<R>,
+        lead: Option<Lead<R>>,
+    ) -> FillReader {
+        let window = if lead.is_some() {
+            self.config.join_window
+        } else {
+            0
+        };
+        let fill = Fill::new(meta, window);
+        let reader = fill.join().expect("a new fill is joinable");
+        if let Some(lead) = lead {
+            plan.flight = Some(Rc::clone(&lead.flight));
+            lead.answer(Answer::Fill(Rc::clone(&fill)));
+        }
+        let inner = Rc::clone(self);
+        self.rt
+            .spawn(async move { inner.pump(&fill, source, plan).await });
+        reader
+    }
+
+    /// Read `source` to its end, hand each chunk to the fill's readers and
+    /// the sinks, and commit only a complete body read by someone (or by
+    /// nobody, for background fills) whose key kept its generation.
+    async fn pump(&self, fill: &Fill, mut source: R::Body, plan: FillPlan<R>) {
+        let FillPlan {
+            key,
+            generation,
+            mut sinks,
+            copy_after,
+            needs_reader,
+            flight,
+        } = plan;
+        let result = loop {
+            fill.room().await;
+            if needs_reader && fill.readers() == 0 && !fill.finished() {
+                break Err(Error::Other("every reader left before the end".into()));
+            }
+            match source.next().await {
+                Some(Ok(chunk)) => {
+                    if !sinks.is_empty() && !write_all(&mut sinks, &chunk).await {
+                        sinks.clear();
+                    }
+                    fill.push(chunk);
+                }
+                Some(Err(e)) => break Err(e),
+                None => break Ok(()),
+            }
+        };
+        let ok = result.is_ok();
+        fill.end(result);
+        let read = !needs_reader || (ok && fill.read_to_end().await);
+        if ok && read && !sinks.is_empty() && self.generation(&key) == generation {
+            let mut committed = true;
+            for sink in sinks {
+                committed &= sink.commit().await.is_ok();
+            }
+            if committed {
+                self.submit_copy(&key, generation, copy_after);
+            }
+        }
+        fill.settle();
+        if let Some(flight) = flight {
+            self.end_flight(&key, &flight);
+        }
+    }
+
+    async fn write_negative(
+        &self,
+        key: &str,
+        generation: u64,
+        meta: &Metadata,
+        tiers: std::ops::Range<usize>,
+    ) {
+        for tier in &self.tiers[tiers] {
+            if let Ok(sink) = tier.begin_write(key, meta).await
+                && self.generation(key) == generation
+            {
+                let _ = sink.commit().await;
+            }
+        }
+    }
+
+    async fn refresh(self: &Rc<Self>, key: &str, generation: u64, origin: R::Origin) -> Result<()> {
+        if self.generation(key) != generation {
+            return Ok(());
+        }
+        let mut held = None;
+        for (i, tier) in self.tiers.iter().enumerate() {
+            if let Ok(Some(meta)) = tier.stat(key).await {
+                held = Some((i, meta));
+                break;
+            }
+        }
+        let all_lower = self.lower_tiers(1, self.tiers.len());
+        match origin
+            .fetch(key, held.as_ref().map(|(_, meta)| meta))
+            .await?
+        {
+            Fetched::NotFound => {
+                let meta = Metadata::negative_at(self.rt.now_ms());
+                self.write_negative(key, generation, &meta, 0..1).await;
+                self.submit_copy(key, generation, all_lower);
+                Ok(())
+            }
+            Fetched::NotModified => {
+                let Some((i, _)) = held else {
+                    return Err(Error::NotFound);
+                };
+                let Some(entry) = self.tiers[i].get(key).await? else {
+                    return Err(Error::NotFound);
+                };
+                let mut meta = entry.meta;
+                meta.cached_at = Some(self.rt.now_ms());
+                self.background_fill(key, generation, meta, entry.body, Vec::new())
+                    .await
+            }
+            Fetched::Body { mut meta, body } => {
+                meta.cached_at = Some(self.rt.now_ms());
+                meta.negative = false;
+                self.background_fill(key, generation, meta, body, all_lower)
+                    .await
+            }
+        }
+    }
+
+    /// Write `body` to tier 0 with nobody reading, then schedule the copy.
+    async fn background_fill(
+        &self,
+        key: &str,
+        generation: u64,
+        meta: Metadata,
+        body: R::Body,
+        copy_after: Vec<u32>,
+    ) -> Result<()> {
+        let sink = self.tiers[0].begin_write(key, &meta).await?;
+        let plan = FillPlan {
+            key: key.to_owned(),
+            generation,
+            sinks: vec![sink],
+            copy_after,
+            needs_reader: false,
+            flight: None,
+        };
+        let fill = Fill::new(meta, 0);
+        self.pump(&fill, body, plan).await;
+        Ok(())
+    }
+
+    async fn copy(&self, key: &str, generation: u64, source: u32, targets: &[u32]) -> Result<()> {
+        let tier = |i: u32| {
+            self.tiers
+                .get(i as usize)
+                .ok_or_else(|| Error::Other(format!("no tier {i}")))
+        };
+        if self.generation(key) != generation {
+            return Ok(());
+        }
+        let Some(entry) = tier(source)?.get(key).await? else {
+            return Ok(());
+        };
+        let mut sinks = Vec::with_capacity(targets.len());
+        for &target in targets {
+            sinks.push(tier(target)?.begin_write(key, &entry.meta).await?);
+        }
+        let plan = FillPlan {
+            key: key.to_owned(),
+            generation,
+            sinks,
+            copy_after: Vec::new(),
+            needs_reader: false,
+            flight: None,
+        };
+        let fill = Fill::new(entry.meta, 0);
+        self.pump(&fill, entry.body, plan).await;
+        Ok(())
+    }
+}
+
+fn fill_response<R: Runtime>(reader: FillReader, source: Source) -> Response<R> {
+    let meta = reader.meta().clone();
+    Response {
+        status: Status::Ok,
+        meta,
+        source,
+        stale: false,
+        body: Some(ResponseBody::Fill(reader)),
+    }
+}
+
+fn not_found<R: Runtime>() -> Response<R> {
+    Response::without_body(Status::NotFound, Metadata::default(), Source::Origin, false)
+}
+
+/// Write `chunk` to every sink; false if any write failed (the fill then
+/// drops them all, which aborts them).
+async fn write_all<S: Sink>(sinks: &mut [S], chunk: &[u8]) -> bool {
+    for sink in sinks.iter_mut() {
+        if sink.write(chunk.to_vec()).await.is_err() {
+            return false;
+        }
+    }
+    true
+}
+
+/// A direct write of one key into tier 0, from [`Engine::set`]. Dropping
+/// it without `commit` aborts the write.
+pub struct Writer<R: Runtime> {
+    inner: Rc<Inner<R>>,
+    key: String,
+    generation: u64,
+    sink: R::Sink,
+}
+
+impl<R: Runtime> Writer<R> {
+    /// Append `data`.
+    pub async fn write(&mut self, data: Vec<u8>) -> Result<()> {
+        self.sink.write(data).await
+    }
+
+    /// Publish the entry, unless a later `set` or `delete` of the key came
+    /// first (`Invalidated`). Lower tiers receive a copy in the background.
+    pub async fn commit(self) -> Result<()> {
+        let Writer {
+            inner,
+            key,
+            generation,
+            sink,
+        } = self;
+        if inner.generation(&key) != generation {
+            return Err(Error::Invalidated);
+        }
+        sink.commit().await?;
+        let lower = inner.lower_tiers(1, inner.tiers.len());
+        if !lower.is_empty() {
+            let job = Job {
+                key: key.clone(),
+                generation,
+                kind: JobKind::Copy {
+                    source: 0,
+                    targets: lower,
+                },
+            };
+            if inner.rt.submit(job, None).is_err() {
+                // No copy will come: make sure no lower tier keeps the old body.
+                for tier in inner.tiers[1..].iter().rev() {
+                    let _ = tier.delete(&key).await;
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,1 @@
+//! WIT glue (filled in below).

@@ -1,0 +1,30 @@
+//! The daramjwee cache engine.
+//!
+//! All cache rules live here in plain Rust, generic over a [`Runtime`]
+//! that supplies tiers, origins, time and background jobs. The same code
+//! is built as a WASI 0.3 component (the `guest` module, wasm32 only) and
+//! natively, where it is unit-tested and benchmarked.
+
+mod config;
+mod engine;
+mod error;
+mod fill;
+mod freshness;
+mod generation;
+mod meta;
+mod runtime;
+mod wait;
+
+#[cfg(target_arch = "wasm32")]
+mod guest;
+
+#[cfg(test)]
+mod tests;
+
+pub use config::{Config, TierFreshness};
+pub use engine::{Engine, Response, ResponseBody, Source, Status, Writer};
+pub use error::{Error, Result};
+pub use fill::{Chunk, FillReader};
+pub use freshness::{Freshness, classify};
+pub use meta::{Metadata, if_none_match};
+pub use runtime::{Body, Entry, Fetched, Job, JobKind, Origin, Runtime, Sink, Tier};

@@ -1,0 +1,531 @@
+//! The engine's rules, tested natively against the mock runtime.
+
+mod mock;
+
+use std::rc::Rc;
+
+use mock::*;
+
+use crate::*;
+
+fn fresh(tag: &str, at: u64) -> Metadata {
+    Metadata {
+        tag: tag.into(),
+        cached_at: Some(at),
+        ..Metadata::default()
+    }
+}
+
+#[test]
+fn miss_then_hit_calls_origin_once() {
+    let mut h = Harness::new(2);
+    let origin = MockOrigin::replying([body("v1", b"hello world")]);
+    let r = h.get("k", &origin).unwrap();
+    assert_eq!((r.status, r.source), (Status::Ok, Source::Origin));
+    assert_eq!(h.run(read_body(r.body)).unwrap(), b"hello world");
+    assert_eq!(h.tiers[0].body("k").unwrap(), b"hello world");
+    // Tier 1 is written in the background after tier 0 commits.
+    assert!(h.tiers[1].body("k").is_none());
+    assert_eq!(h.run_jobs(), 1);
+    assert_eq!(h.tiers[1].body("k").unwrap(), b"hello world");
+    let r = h.get("k", &origin).unwrap();
+    assert_eq!(r.source, Source::Tier(0));
+    assert_eq!(r.meta.tag, "v1");
+    assert_eq!(h.run(read_body(r.body)).unwrap(), b"hello world");
+    assert_eq!(origin.calls(), 1);
+}
+
+#[test]
+fn lower_tier_hit_promotes_while_streaming() {
+    let mut h = Harness::new(3);
+    let now = h.rt.now_ms();
+    h.tiers[2].put("k", fresh("v", now - 10), b"from the cold tier");
+    let origin = MockOrigin::default();
+    let r = h.get("k", &origin).unwrap();
+    assert_eq!(r.source, Source::Tier(2));
+    assert_eq!(h.run(read_body(r.body)).unwrap(), b"from the cold tier");
+    let promoted = h.tiers[0].meta("k").unwrap();
+    assert_eq!(
+        promoted.cached_at,
+        Some(now - 10),
+        "promotion keeps cached-at"
+    );
+    assert!(h.tiers[1].body("k").is_none());
+    h.run_jobs();
+    assert_eq!(h.tiers[1].body("k").unwrap(), b"from the cold tier");
+    assert_eq!(origin.calls(), 0);
+}
+
+#[test]
+fn stale_hit_is_served_at_once_and_refreshed_once() {
+    let mut h = Harness::new(1);
+    let origin = MockOrigin::replying([body("v1", b"old"), body("v2", b"new")]);
+    let r = h.get("k", &origin).unwrap();
+    h.run(read_body(r.body)).unwrap();
+    h.rt.advance(5_000);
+    for _ in 0..3 {
+        let r = h.get("k", &origin).unwrap();
+        assert!(r.stale);
+        assert_eq!(h.run(read_body(r.body)).unwrap(), b"old");
+    }
+    assert_eq!(
+        h.rt.jobs.borrow().len(),
+        1,
+        "one refresh for three stale hits"
+    );
+    h.run_jobs();
+    assert_eq!(origin.calls(), 2);
+    assert_eq!(
+        origin.0.held.borrow()[1].as_ref().unwrap().tag,
+        "v1",
+        "the refresh sends what we hold"
+    );
+    let r = h.get("k", &origin).unwrap();
+    assert!(!r.stale);
+    assert_eq!(h.run(read_body(r.body)).unwrap(), b"new");
+}
+
+#[test]
+fn negative_entry_is_served_until_its_window_expires() {
+    let mut h = Harness::new(2);
+    let origin = MockOrigin::replying([Reply::NotFound, body("v", b"now it exists")]);
+    assert_eq!(h.get("k", &origin).unwrap().status, Status::NotFound);
+    h.run_jobs();
+    assert!(
+        h.tiers[1].meta("k").unwrap().negative,
+        "negative entries reach every tier"
+    );
+    let r = h.get("k", &origin).unwrap();
+    assert_eq!((r.status, r.source), (Status::NotFound, Source::Tier(0)));
+    assert_eq!(origin.calls(), 1);
+    h.rt.advance(600);
+    let r = h.get("k", &origin).unwrap();
+    assert_eq!(r.status, Status::NotFound);
+    assert!(r.stale);
+    h.run_jobs();
+    assert_eq!(origin.calls(), 2);
+    let r = h.get("k", &origin).unwrap();
+    assert_eq!(h.run(read_body(r.body)).unwrap(), b"now it exists");
+}
+
+#[test]
+fn lower_tier_negative_is_copied_up() {
+    let mut h = Harness::new(2);
+    let now = h.rt.now_ms();
+    h.tiers[1].put("k", Metadata::negative_at(now), b"");
+    let r = h.get("k", &MockOrigin::default()).unwrap();
+    assert_eq!((r.status, r.source), (Status::NotFound, Source::Tier(1)));
+    assert!(h.tiers[0].meta("k").unwrap().negative);
+}
+
+#[test]
+fn if_none_match_answers_not_modified_without_a_body() {
+    let mut h = Harness::new(1);
+    let now = h.rt.now_ms();
+    h.tiers[0].put("k", fresh("v7", now), b"body");
+    let engine = h.engine.clone();
+    let r = h
+        .run(engine.get("k", Some("W/\"v7\""), MockOrigin::default()))
+        .unwrap();
+    assert_eq!(r.status, Status::NotModified);
+    assert!(r.body.is_none());
+    let r = h
+        .run(engine.get("k", Some("\"v8\""), MockOrigin::default()))
+        .unwrap();
+    assert_eq!(r.status, Status::Ok);
+}
+
+#[test]
+fn origin_not_modified_reserves_our_copy_with_a_new_timestamp() {
+    let config = Config {
+        fresh_for: 1_000,
+        ..Config::default()
+    };
+    let mut h = Harness::with_config(2, config);
+    let now = h.rt.now_ms();
+    let mut meta = fresh("v1", now - 10_000);
+    meta.stale_for = Some(1_000); // expired: must revalidate before serving
+    h.tiers[1].put("k", meta, b"kept body");
+    let origin = MockOrigin::replying([Reply::NotModified]);
+    let r = h.get("k", &origin).unwrap();
+    assert_eq!(origin.0.held.borrow()[0].as_ref().unwrap().tag, "v1");
+    assert_eq!((r.status, r.source), (Status::Ok, Source::Tier(1)));
+    assert_eq!(h.run(read_body(r.body)).unwrap(), b"kept body");
+    assert_eq!(
+        h.tiers[0].meta("k").unwrap().cached_at,
+        Some(now),
+        "re-stamped into tier 0"
+    );
+}
+
+#[test]
+fn origin_not_modified_after_our_copy_vanished_is_not_found() {
+    let mut h = Harness::new(1);
+    let now = h.rt.now_ms();
+    let mut meta = fresh("v1", now - 10_000);
+    meta.stale_for = Some(0);
+    h.tiers[0].put("k", meta, b"soon gone");
+    let gate = Rc::new(mock::Gate::default());
+    let origin = MockOrigin::replying([Reply::NotModified]).gated(&gate);
+    // The origin answers only after the copy was evicted.
+    let tier = h.tiers[0].clone();
+    let engine = h.engine.clone();
+    let o = origin.clone();
+    let slot = h.spawn(async move { engine.get("k", None, o).await });
+    h.settle();
+    tier.entries.borrow_mut().remove("k");
+    gate.open();
+    h.settle();
+    let r = slot.borrow_mut().take().unwrap().unwrap();
+    assert_eq!(r.status, Status::NotFound);
+    assert!(r.body.is_none(), "never garbage");
+}
+
+#[test]
+fn origin_error_is_returned_and_not_cached() {
+    let mut h = Harness::new(2);
+    let origin = MockOrigin::replying([Reply::Fail, body("v", b"ok")]);
+    assert!(matches!(h.get("k", &origin), Err(Error::Origin(_))));
+    assert!(h.tiers[0].meta("k").is_none());
+    let r = h.get("k", &origin).unwrap();
+    assert_eq!(h.run(read_body(r.body)).unwrap(), b"ok");
+    assert_eq!(origin.calls(), 2);
+}
+
+#[test]
+fn body_that_breaks_off_is_not_cached() {
+    let mut h = Harness::new(1);
+    let origin = MockOrigin::replying([Reply::Body {
+        tag: "v",
+        data: b"partial".to_vec(),
+        fail_at_end: true,
+    }]);
+    let r = h.get("k", &origin).unwrap();
+    assert!(h.run(read_body(r.body)).is_err());
+    assert!(h.tiers[0].meta("k").is_none());
+}
+
+#[test]
+fn partial_read_never_publishes() {
+    let mut h = Harness::new(1);
+    let origin = MockOrigin::replying([body("v", b"a body of several chunks")]);
+    let r = h.get("k", &origin).unwrap();
+    let Some(ResponseBody::Fill(mut reader)) = r.body else {
+        panic!("a fill")
+    };
+    assert!(h.run(reader.next()).unwrap().is_ok());
+    drop(reader);
+    h.settle();
+    assert!(h.tiers[0].meta("k").is_none());
+    assert_eq!(h.engine.flights(), 0);
+}
+
+#[test]
+fn reading_to_the_end_publishes_without_close() {
+    let mut h = Harness::new(1);
+    let origin = MockOrigin::replying([body("v", b"complete")]);
+    let r = h.get("k", &origin).unwrap();
+    let Some(ResponseBody::Fill(mut reader)) = r.body else {
+        panic!("a fill")
+    };
+    while h.run(reader.next()).is_some() {}
+    h.settle();
+    assert_eq!(h.tiers[0].body("k").unwrap(), b"complete");
+    drop(reader);
+}
+
+#[test]
+fn concurrent_misses_fetch_once_and_share_the_bytes() {
+    let mut h = Harness::new(1);
+    let gate = Rc::new(mock::Gate::default());
+    let data: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+    let origin = MockOrigin::replying([body("v", &data)]).gated(&gate);
+    let mut slots = Vec::new();
+    for _ in 0..150 {
+        let engine = h.engine.clone();
+        let origin = origin.clone();
+        slots.push(h.spawn(async move {
+            let r = engine.get("k", None, origin).await?;
+            read_body(r.body).await
+        }));
+    }
+    h.settle();
+    gate.open();
+    h.settle();
+    assert_eq!(origin.calls(), 1);
+    for slot in slots {
+        assert_eq!(slot.borrow_mut().take().unwrap().unwrap(), data);
+    }
+    assert_eq!(h.tiers[0].body("k").unwrap(), data);
+}
+
+#[test]
+fn failed_leader_hands_over_to_a_waiter() {
+    let mut h = Harness::new(1);
+    let gate = Rc::new(mock::Gate::default());
+    let origin = MockOrigin::replying([Reply::Fail, body("v", b"second try")]).gated(&gate);
+    let mut slots = Vec::new();
+    for _ in 0..5 {
+        let engine = h.engine.clone();
+        let origin = origin.clone();
+        slots.push(h.spawn(async move {
+            let r = engine.get("k", None, origin).await?;
+            read_body(r.body).await
+        }));
+    }
+    h.settle();
+    gate.open();
+    h.settle();
+    let results: Vec<_> = slots
+        .iter()
+        .map(|s| s.borrow_mut().take().unwrap())
+        .collect();
+    assert_eq!(
+        results.iter().filter(|r| r.is_err()).count(),
+        1,
+        "only the failed leader fails"
+    );
+    assert!(results.iter().flatten().all(|b| b == b"second try"));
+    assert_eq!(origin.calls(), 2);
+}
+
+#[test]
+fn late_reader_of_a_large_fill_reads_tier_zero_afterwards() {
+    let config = Config {
+        join_window: 8,
+        ..Config::default()
+    };
+    let mut h = Harness::with_config(1, config);
+    let gate = Rc::new(mock::Gate::default());
+    let origin = MockOrigin::replying([body("v", b"0123456789abcdefghij")]).gated(&gate);
+    let engine = h.engine.clone();
+    let o = origin.clone();
+    let first = h.spawn(async move { read_body(engine.get("k", None, o).await?.body).await });
+    // Let three chunks (12 bytes) through: past the join window.
+    gate.permits_for_test(3);
+    h.settle();
+    let engine = h.engine.clone();
+    let o = origin.clone();
+    let late = h.spawn(async move {
+        let r = engine.get("k", None, o).await?;
+        Ok::<_, Error>((r.source, read_body(r.body).await?))
+    });
+    h.settle();
+    assert!(
+        late.borrow().is_none(),
+        "the late reader waits for the fill"
+    );
+    gate.open();
+    h.settle();
+    assert_eq!(
+        first.borrow_mut().take().unwrap().unwrap(),
+        b"0123456789abcdefghij"
+    );
+    let (source, bytes) = late.borrow_mut().take().unwrap().unwrap();
+    assert_eq!(source, Source::Tier(0));
+    assert_eq!(bytes, b"0123456789abcdefghij");
+    assert_eq!(origin.calls(), 1);
+}
+
+#[test]
+fn delete_beats_inflight_fill() {
+    let mut h = Harness::new(1);
+    let gate = Rc::new(mock::Gate::default());
+    let origin = MockOrigin::replying([body("old", b"old body")]).gated(&gate);
+    let engine = h.engine.clone();
+    let o = origin.clone();
+    let reader = h.spawn(async move { read_body(engine.get("k", None, o).await?.body).await });
+    h.settle();
+    let engine = h.engine.clone();
+    h.run(engine.delete("k")).unwrap();
+    gate.open();
+    h.settle();
+    assert_eq!(
+        reader.borrow_mut().take().unwrap().unwrap(),
+        b"old body",
+        "the reader still gets its bytes"
+    );
+    assert!(
+        h.tiers[0].meta("k").is_none(),
+        "the fill must not commit after the delete"
+    );
+}
+
+#[test]
+fn set_beats_inflight_fill() {
+    let mut h = Harness::new(1);
+    let gate = Rc::new(mock::Gate::default());
+    let origin = MockOrigin::replying([body("old", b"old body")]).gated(&gate);
+    let engine = h.engine.clone();
+    let o = origin.clone();
+    let reader = h.spawn(async move { read_body(engine.get("k", None, o).await?.body).await });
+    h.settle();
+    let engine = h.engine.clone();
+    h.run(async move {
+        let mut w = engine
+            .set(
+                "k",
+                Metadata {
+                    tag: "new".into(),
+                    ..Metadata::default()
+                },
+            )
+            .await?;
+        w.write(b"new body".to_vec()).await?;
+        w.commit().await
+    })
+    .unwrap();
+    gate.open();
+    h.settle();
+    assert_eq!(reader.borrow_mut().take().unwrap().unwrap(), b"old body");
+    assert_eq!(h.tiers[0].body("k").unwrap(), b"new body");
+}
+
+#[test]
+fn set_overtaken_by_a_later_set_reports_invalidated() {
+    let mut h = Harness::new(2);
+    let engine = h.engine.clone();
+    let result = h.run(async move {
+        let mut first = engine.set("k", Metadata::default()).await?;
+        first.write(b"first".to_vec()).await?;
+        let mut second = engine.set("k", Metadata::default()).await?;
+        second.write(b"second".to_vec()).await?;
+        second.commit().await?;
+        first.commit().await
+    });
+    assert_eq!(result, Err(Error::Invalidated));
+    assert_eq!(h.tiers[0].body("k").unwrap(), b"second");
+    assert!(h.tiers[0].meta("k").unwrap().cached_at.is_some());
+    h.run_jobs();
+    assert_eq!(h.tiers[1].body("k").unwrap(), b"second");
+}
+
+#[test]
+fn dropped_writer_writes_nothing() {
+    let mut h = Harness::new(1);
+    let engine = h.engine.clone();
+    h.run(async move {
+        let mut w = engine.set("k", Metadata::default()).await.unwrap();
+        w.write(b"never".to_vec()).await.unwrap();
+    });
+    assert!(h.tiers[0].meta("k").is_none());
+}
+
+#[test]
+fn delete_removes_from_every_tier() {
+    let mut h = Harness::new(3);
+    for t in &h.tiers {
+        t.put("k", fresh("v", 0), b"x");
+    }
+    let engine = h.engine.clone();
+    h.run(engine.delete("k")).unwrap();
+    assert!(h.tiers.iter().all(|t| t.meta("k").is_none()));
+}
+
+#[test]
+fn dirty_request_is_served_but_writes_nothing() {
+    let mut h = Harness::new(2);
+    h.tiers[0].fail_gets.set(true);
+    let origin = MockOrigin::replying([body("v", b"served anyway")]);
+    let r = h.get("k", &origin).unwrap();
+    assert_eq!(h.run(read_body(r.body)).unwrap(), b"served anyway");
+    h.run_jobs();
+    assert!(h.tiers[0].meta("k").is_none() && h.tiers[1].meta("k").is_none());
+}
+
+#[test]
+fn setup_timeout_bounds_a_slow_origin() {
+    let mut h = Harness::new(1);
+    let origin = MockOrigin::default();
+    origin.0.stall.set(true);
+    let engine = h.engine.clone();
+    let slot = h.spawn(async move { engine.get("k", None, origin).await.map(|r| r.status) });
+    h.settle();
+    assert!(slot.borrow().is_none());
+    assert_eq!(h.engine.flights(), 1);
+    h.rt.advance(30_000);
+    h.settle();
+    assert_eq!(slot.borrow_mut().take().unwrap(), Err(Error::Timeout));
+    assert_eq!(
+        h.engine.flights(),
+        0,
+        "the timed-out leader hands its flight back"
+    );
+}
+
+#[test]
+fn close_refuses_new_calls_but_open_bodies_stay_readable() {
+    let mut h = Harness::new(1);
+    let origin = MockOrigin::replying([body("v", b"still readable")]);
+    let r = h.get("k", &origin).unwrap();
+    h.engine.close();
+    h.engine.close();
+    assert!(matches!(h.get("k", &origin), Err(Error::Closed)));
+    let engine = h.engine.clone();
+    assert!(matches!(h.run(engine.delete("k")), Err(Error::Closed)));
+    assert_eq!(
+        h.engine.schedule_refresh("k", origin.clone()),
+        Err(Error::Closed)
+    );
+    assert_eq!(h.run(read_body(r.body)).unwrap(), b"still readable");
+}
+
+#[test]
+fn invalid_keys_are_refused() {
+    let mut h = Harness::with_config(
+        1,
+        Config {
+            max_key_len: 8,
+            ..Config::default()
+        },
+    );
+    assert!(matches!(
+        h.get("", &MockOrigin::default()),
+        Err(Error::InvalidKey(_))
+    ));
+    assert!(matches!(
+        h.get("much too long", &MockOrigin::default()),
+        Err(Error::InvalidKey(_))
+    ));
+}
+
+#[test]
+fn schedule_refresh_reports_a_full_queue_and_dedups() {
+    let mut h = Harness::new(1);
+    h.rt.queue_limit.set(1);
+    h.engine
+        .schedule_refresh("a", MockOrigin::default())
+        .unwrap();
+    h.engine
+        .schedule_refresh("a", MockOrigin::default())
+        .unwrap();
+    assert_eq!(h.rt.jobs.borrow().len(), 1);
+    assert_eq!(
+        h.engine.schedule_refresh("b", MockOrigin::default()),
+        Err(Error::Busy)
+    );
+    let origin = MockOrigin::replying([body("v", b"refreshed")]);
+    h.rt.jobs.borrow_mut().clear();
+    h.engine.schedule_refresh("b", origin).unwrap();
+    h.run_jobs();
+    assert_eq!(h.tiers[0].body("b").unwrap(), b"refreshed");
+}
+
+#[test]
+fn open_validates_the_config() {
+    let h = Harness::new(1);
+    let bad = Config {
+        operation_timeout: 0,
+        ..Config::default()
+    };
+    let result = Engine::open(bad, vec![MockTier::new("a")], h.rt.clone());
+    assert!(
+        matches!(result, Err(Error::InvalidConfig(why)) if why.starts_with("operation-timeout"))
+    );
+    let result = Engine::open(
+        Config::default(),
+        vec![MockTier::new("a"), MockTier::new("a")],
+        h.rt.clone(),
+    );
+    assert!(matches!(result, Err(Error::InvalidConfig(why)) if why.starts_with("tiers")));
+}
