@@ -1,1 +1,460 @@
-//! WIT glue (filled in below).
+//! The WIT glue: exports the engine as the `cache` interface, over the
+//! imported tiers, origin fetchers and scheduler. Thin on purpose: every
+//! rule lives in the engine.
+
+use std::cell::RefCell;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use wit_bindgen::{FutureReader, StreamReader, StreamResult};
+
+use crate::{Body, Engine, Entry, Fetched, Job, JobKind, ResponseBody, Runtime};
+
+#[allow(missing_docs, reason = "generated bindings")]
+mod bindings {
+    wit_bindgen::generate!({ path: "../wit", world: "engine" });
+}
+
+use bindings::daramjwee::cache::{origin, scheduler, store, types as wit};
+use bindings::exports::daramjwee::cache::cache as cx;
+
+/// Read size for bodies coming from the host.
+const CHUNK: usize = 64 * 1024;
+
+/// The engine's runtime inside the component.
+struct GuestRt {
+    queue: scheduler::Queue,
+}
+
+/// A body stream from a tier (`size` known) or the origin (`complete` says
+/// how it ended).
+pub struct GuestBody {
+    stream: StreamReader<u8>,
+    size: Option<u64>,
+    complete: Option<FutureReader<Result<(), wit::Error>>>,
+    read: u64,
+    ended: bool,
+}
+
+impl GuestBody {
+    fn new(
+        stream: StreamReader<u8>,
+        size: Option<u64>,
+        complete: Option<FutureReader<Result<(), wit::Error>>>,
+    ) -> Self {
+        GuestBody {
+            stream,
+            size,
+            complete,
+            read: 0,
+            ended: false,
+        }
+    }
+
+    async fn finish(&mut self) -> Option<crate::Result<Vec<u8>>> {
+        self.ended = true;
+        if let Some(complete) = self.complete.take()
+            && let Err(e) = complete.await
+        {
+            return Some(Err(e.into()));
+        }
+        match self.size {
+            Some(size) if size != self.read => Some(Err(crate::Error::Store(format!(
+                "body ended after {} of {size} bytes",
+                self.read
+            )))),
+            _ => None,
+        }
+    }
+}
+
+impl Body for GuestBody {
+    async fn next(&mut self) -> Option<crate::Result<Vec<u8>>> {
+        if self.ended {
+            return None;
+        }
+        loop {
+            let (result, mut buf) = self.stream.read(Vec::with_capacity(CHUNK)).await;
+            match result {
+                StreamResult::Complete(_) if buf.is_empty() => continue,
+                StreamResult::Complete(_) => {
+                    self.read += buf.len() as u64;
+                    if buf.len() < buf.capacity() / 2 {
+                        buf.shrink_to_fit();
+                    }
+                    return Some(Ok(buf));
+                }
+                StreamResult::Dropped | StreamResult::Cancelled => return self.finish().await,
+            }
+        }
+    }
+}
+
+impl crate::Sink for store::Sink {
+    async fn write(&mut self, data: Vec<u8>) -> crate::Result<()> {
+        store::Sink::write(self, data).await.map_err(Into::into)
+    }
+
+    async fn commit(self) -> crate::Result<()> {
+        store::Sink::commit(self).await.map_err(Into::into)
+    }
+}
+
+impl crate::Tier for store::Tier {
+    type Body = GuestBody;
+    type Sink = store::Sink;
+
+    fn name(&self) -> String {
+        store::Tier::name(self)
+    }
+
+    async fn get(&self, key: &str) -> crate::Result<Option<Entry<GuestBody>>> {
+        let entry = store::Tier::get(self, key.to_owned()).await?;
+        Ok(entry.map(|e| Entry {
+            meta: e.meta.into(),
+            size: e.size,
+            body: GuestBody::new(e.body, Some(e.size), None),
+        }))
+    }
+
+    async fn stat(&self, key: &str) -> crate::Result<Option<crate::Metadata>> {
+        Ok(store::Tier::stat(self, key.to_owned())
+            .await?
+            .map(Into::into))
+    }
+
+    async fn begin_write(&self, key: &str, meta: &crate::Metadata) -> crate::Result<store::Sink> {
+        Ok(store::Tier::begin_write(self, key.to_owned(), meta.clone().into()).await?)
+    }
+
+    async fn delete(&self, key: &str) -> crate::Result<()> {
+        Ok(store::Tier::delete(self, key.to_owned()).await?)
+    }
+}
+
+impl crate::Origin for origin::Fetcher {
+    type Body = GuestBody;
+
+    async fn fetch(
+        &self,
+        key: &str,
+        held: Option<&crate::Metadata>,
+    ) -> crate::Result<Fetched<GuestBody>> {
+        let held = held.cloned().map(Into::into);
+        Ok(
+            match origin::Fetcher::fetch(self, key.to_owned(), held).await? {
+                origin::FetchResult::Body(f) => Fetched::Body {
+                    meta: f.meta.into(),
+                    body: GuestBody::new(f.body, None, Some(f.complete)),
+                },
+                origin::FetchResult::NotModified => Fetched::NotModified,
+                origin::FetchResult::NotFound => Fetched::NotFound,
+            },
+        )
+    }
+}
+
+impl Runtime for GuestRt {
+    type Body = GuestBody;
+    type Sink = store::Sink;
+    type Tier = store::Tier;
+    type Origin = origin::Fetcher;
+
+    fn now_ms(&self) -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0)
+    }
+
+    async fn sleep(&self, ms: u64) {
+        scheduler::sleep(ms).await
+    }
+
+    fn submit(&self, job: Job, origin: Option<origin::Fetcher>) -> crate::Result<()> {
+        let kind = match job.kind {
+            JobKind::Refresh => scheduler::JobKind::Refresh,
+            JobKind::Copy { source, targets } => {
+                scheduler::JobKind::Copy(scheduler::CopyJob { source, targets })
+            }
+        };
+        let job = scheduler::Job {
+            key: job.key,
+            generation: job.generation,
+            kind,
+        };
+        Ok(self.queue.submit(&job, origin)?)
+    }
+
+    fn spawn(&self, task: impl Future<Output = ()> + 'static) {
+        drop(wit_bindgen::spawn_local(task));
+    }
+}
+
+struct Component;
+
+impl cx::Guest for Component {
+    type Cache = CacheImpl;
+    type Writer = WriterImpl;
+}
+
+struct CacheImpl {
+    engine: Engine<GuestRt>,
+}
+
+struct WriterImpl {
+    writer: RefCell<Option<crate::Writer<GuestRt>>>,
+}
+
+impl cx::GuestCache for CacheImpl {
+    fn open(
+        config: cx::Config,
+        tiers: Vec<store::Tier>,
+        jobs: scheduler::Queue,
+    ) -> Result<cx::Cache, wit::Error> {
+        let config = crate::Config {
+            fresh_for: config.fresh_for,
+            negative_fresh_for: config.negative_fresh_for,
+            tier_freshness: config
+                .tier_freshness
+                .into_iter()
+                .map(|t| crate::TierFreshness {
+                    tier: t.tier,
+                    fresh_for: t.fresh_for,
+                    negative_fresh_for: t.negative_fresh_for,
+                })
+                .collect(),
+            operation_timeout: config.operation_timeout,
+            join_window: config.join_window,
+            max_key_len: config.max_key_len,
+        };
+        let engine = Engine::open(config, tiers, GuestRt { queue: jobs })?;
+        Ok(cx::Cache::new(CacheImpl { engine }))
+    }
+
+    async fn get(
+        &self,
+        key: String,
+        if_none_match: Option<String>,
+        origin: origin::Fetcher,
+    ) -> Result<cx::Response, wit::Error> {
+        #[cfg(feature = "fault-injection")]
+        faults::inject(&key);
+        let r = self
+            .engine
+            .get(&key, if_none_match.as_deref(), origin)
+            .await?;
+        let (body, size, complete) = match r.body {
+            None => (None, None, None),
+            Some(ResponseBody::Direct { body, size }) => (Some(body.stream), Some(size), None),
+            Some(ResponseBody::Fill(reader)) => {
+                let (stream, complete) = stream_fill(reader);
+                (Some(stream), None, Some(complete))
+            }
+        };
+        let status = match r.status {
+            crate::Status::Ok => cx::Status::Ok,
+            crate::Status::NotModified => cx::Status::NotModified,
+            crate::Status::NotFound => cx::Status::NotFound,
+        };
+        let source = match r.source {
+            crate::Source::Tier(i) => cx::Source::Tier(i),
+            crate::Source::Origin => cx::Source::Origin,
+            crate::Source::Joined => cx::Source::Joined,
+        };
+        Ok(cx::Response {
+            status,
+            meta: r.meta.into(),
+            source,
+            stale: r.stale,
+            body,
+            size,
+            complete,
+        })
+    }
+
+    async fn set(&self, key: String, meta: wit::Metadata) -> Result<cx::Writer, wit::Error> {
+        let writer = self.engine.set(&key, meta.into()).await?;
+        Ok(cx::Writer::new(WriterImpl {
+            writer: RefCell::new(Some(writer)),
+        }))
+    }
+
+    async fn delete(&self, key: String) -> Result<(), wit::Error> {
+        Ok(self.engine.delete(&key).await?)
+    }
+
+    fn schedule_refresh(&self, key: String, origin: origin::Fetcher) -> Result<(), wit::Error> {
+        Ok(self.engine.schedule_refresh(&key, origin)?)
+    }
+
+    async fn run_job(
+        &self,
+        job: scheduler::Job,
+        origin: Option<origin::Fetcher>,
+    ) -> Result<(), wit::Error> {
+        let kind = match job.kind {
+            scheduler::JobKind::Refresh => JobKind::Refresh,
+            scheduler::JobKind::Copy(c) => JobKind::Copy {
+                source: c.source,
+                targets: c.targets,
+            },
+        };
+        let job = Job {
+            key: job.key,
+            generation: job.generation,
+            kind,
+        };
+        Ok(self.engine.run_job(job, origin).await?)
+    }
+
+    fn close(&self) {
+        self.engine.close();
+    }
+}
+
+impl cx::GuestWriter for WriterImpl {
+    async fn write(&self, data: Vec<u8>) -> Result<(), wit::Error> {
+        // Taken out for the await: no RefCell borrow may span it.
+        let mut writer = self.writer.borrow_mut().take().ok_or_else(busy_writer)?;
+        let result = writer.write(data).await;
+        *self.writer.borrow_mut() = Some(writer);
+        Ok(result?)
+    }
+
+    async fn commit(this: cx::Writer) -> Result<(), wit::Error> {
+        let writer = this
+            .into_inner::<WriterImpl>()
+            .writer
+            .into_inner()
+            .ok_or_else(busy_writer)?;
+        Ok(writer.commit().await?)
+    }
+
+    fn abort(this: cx::Writer) {
+        drop(this.into_inner::<WriterImpl>());
+    }
+}
+
+fn busy_writer() -> wit::Error {
+    wit::Error::Other("the writer is busy with another call".into())
+}
+
+/// Pump a fill reader into a new stream; the future says how it ended,
+/// once the fill has settled (so a body read to its end is published).
+fn stream_fill(
+    mut reader: crate::FillReader,
+) -> (StreamReader<u8>, FutureReader<Result<(), wit::Error>>) {
+    let (mut tx, rx) = bindings::wit_stream::new::<u8>();
+    let (done_tx, done_rx) = bindings::wit_future::new::<Result<(), wit::Error>>(|| {
+        Err(wit::Error::Other("the body was abandoned".into()))
+    });
+    wit_bindgen::spawn_local(async move {
+        let result = loop {
+            match reader.next().await {
+                Some(Ok(chunk)) => {
+                    if !tx.write_all(chunk.to_vec()).await.is_empty() {
+                        break Err(crate::Error::Other("the reader closed the body".into()));
+                    }
+                }
+                Some(Err(e)) => break Err(e),
+                None => {
+                    reader.settled().await;
+                    break Ok(());
+                }
+            }
+        };
+        drop(reader);
+        drop(tx);
+        let _ = done_tx.write(result.map_err(Into::into)).await;
+    });
+    (rx, done_rx)
+}
+
+impl From<wit::Error> for crate::Error {
+    fn from(e: wit::Error) -> Self {
+        use crate::Error as E;
+        match e {
+            wit::Error::NotFound => E::NotFound,
+            wit::Error::Closed => E::Closed,
+            wit::Error::InvalidKey(s) => E::InvalidKey(s),
+            wit::Error::Timeout => E::Timeout,
+            wit::Error::Invalidated => E::Invalidated,
+            wit::Error::Busy => E::Busy,
+            wit::Error::InvalidConfig(s) => E::InvalidConfig(s),
+            wit::Error::Store(s) => E::Store(s),
+            wit::Error::Origin(s) => E::Origin(s),
+            wit::Error::Other(s) => E::Other(s),
+        }
+    }
+}
+
+impl From<crate::Error> for wit::Error {
+    fn from(e: crate::Error) -> Self {
+        use crate::Error as E;
+        match e {
+            E::NotFound => wit::Error::NotFound,
+            E::Closed => wit::Error::Closed,
+            E::InvalidKey(s) => wit::Error::InvalidKey(s),
+            E::Timeout => wit::Error::Timeout,
+            E::Invalidated => wit::Error::Invalidated,
+            E::Busy => wit::Error::Busy,
+            E::InvalidConfig(s) => wit::Error::InvalidConfig(s),
+            E::Store(s) => wit::Error::Store(s),
+            E::Origin(s) => wit::Error::Origin(s),
+            E::Other(s) => wit::Error::Other(s),
+        }
+    }
+}
+
+impl From<wit::Metadata> for crate::Metadata {
+    fn from(m: wit::Metadata) -> Self {
+        crate::Metadata {
+            tag: m.tag,
+            cached_at: m.cached_at,
+            negative: m.negative,
+            fresh_for: m.fresh_for,
+            stale_for: m.stale_for,
+            attributes: m.attributes,
+        }
+    }
+}
+
+impl From<crate::Metadata> for wit::Metadata {
+    fn from(m: crate::Metadata) -> Self {
+        wit::Metadata {
+            tag: m.tag,
+            cached_at: m.cached_at,
+            negative: m.negative,
+            fresh_for: m.fresh_for,
+            stale_for: m.stale_for,
+            attributes: m.attributes,
+        }
+    }
+}
+
+/// Deliberate guest faults for the host's isolation tests, only in builds
+/// with the `fault-injection` feature.
+#[cfg(feature = "fault-injection")]
+mod faults {
+    pub fn inject(key: &str) {
+        match key {
+            "fault:trap" => core::arch::wasm32::unreachable(),
+            "fault:loop" => {
+                let mut n = 0u64;
+                loop {
+                    n = std::hint::black_box(n.wrapping_add(1));
+                }
+            }
+            "fault:oom" => {
+                let mut hog: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    hog.push(vec![1u8; 16 << 20]);
+                    std::hint::black_box(&hog);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+bindings::export!(Component with_types_in bindings);

@@ -1,0 +1,497 @@
+//! The embedding API: a builder that validates, and the cache handle.
+
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::oneshot;
+
+use crate::bindings::{cache, scheduler};
+use crate::body::Body;
+use crate::component::{ComponentSource, default_compile_cache, load};
+use crate::fetcher::{Fetcher, SharedFetcher};
+use crate::meta::duration_millis;
+use crate::pool::{Pool, PoolStats, WorkerStrategy};
+use crate::shard::{Command, Shard, ShardSpec, ticks_in};
+use crate::tier::Tier;
+use crate::{Error, Metadata, Result};
+
+/// Outcome of a `get`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    /// A body follows.
+    Ok,
+    /// The `If-None-Match` matched; no body.
+    NotModified,
+    /// The origin says the key does not exist.
+    NotFound,
+}
+
+/// Where the answer to a `get` came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// A tier, by index (0 is the fastest).
+    Tier(usize),
+    /// The origin, fetched for this request.
+    Origin,
+    /// Another request's fetch or promotion that this request joined.
+    Joined,
+}
+
+/// The answer to a `get`.
+pub struct GetResponse {
+    /// The outcome.
+    pub status: Status,
+    /// The entry's metadata.
+    pub meta: Metadata,
+    /// Where the answer came from.
+    pub source: Source,
+    /// The entry was stale; a background refresh was scheduled.
+    pub stale: bool,
+    /// The body, for [`Status::Ok`].
+    pub body: Option<Body>,
+}
+
+/// Builds a [`Cache`]. Every setting is checked by [`CacheBuilder::build`];
+/// a bad one is an [`Error::InvalidConfig`] naming it.
+pub struct CacheBuilder {
+    tiers: Vec<Arc<dyn Tier>>,
+    fresh_for: Duration,
+    negative_fresh_for: Duration,
+    tier_freshness: Vec<cache::TierFreshness>,
+    operation_timeout: Duration,
+    join_window: u64,
+    max_key_len: u32,
+    workers: WorkerStrategy,
+    job_timeout: Duration,
+    shutdown_timeout: Duration,
+    shards: usize,
+    component: ComponentSource,
+    compile_cache: Option<PathBuf>,
+    memory_limit: usize,
+    call_time_limit: Duration,
+}
+
+impl Default for CacheBuilder {
+    fn default() -> Self {
+        CacheBuilder {
+            tiers: Vec::new(),
+            fresh_for: Duration::from_secs(60),
+            negative_fresh_for: Duration::from_secs(10),
+            tier_freshness: Vec::new(),
+            operation_timeout: Duration::from_secs(30),
+            join_window: 4 << 20,
+            max_key_len: 65_536,
+            workers: WorkerStrategy::default(),
+            job_timeout: Duration::from_secs(30),
+            shutdown_timeout: Duration::from_secs(30),
+            shards: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            component: ComponentSource::Embedded,
+            compile_cache: default_compile_cache(),
+            memory_limit: 256 << 20,
+            call_time_limit: Duration::from_secs(1),
+        }
+    }
+}
+
+impl CacheBuilder {
+    /// Append a tier; the first is tier 0, the fastest. At least one.
+    pub fn tier(mut self, tier: impl Tier) -> Self {
+        self.tiers.push(Arc::new(tier));
+        self
+    }
+
+    /// Append a shared tier.
+    pub fn shared_tier(mut self, tier: Arc<dyn Tier>) -> Self {
+        self.tiers.push(tier);
+        self
+    }
+
+    /// How long positive entries stay fresh. Default: 60 s. Zero makes
+    /// every hit stale: served at once, then refreshed in the background.
+    pub fn fresh_for(mut self, window: Duration) -> Self {
+        self.fresh_for = window;
+        self
+    }
+
+    /// How long negative ("not found") entries stay fresh. Default: 10 s.
+    pub fn negative_fresh_for(mut self, window: Duration) -> Self {
+        self.negative_fresh_for = window;
+        self
+    }
+
+    /// Freshness windows for tier `tier` only. Default: the cache's.
+    pub fn tier_freshness(
+        mut self,
+        tier: usize,
+        positive: Option<Duration>,
+        negative: Option<Duration>,
+    ) -> Self {
+        self.tier_freshness.push(cache::TierFreshness {
+            tier: u32::try_from(tier).unwrap_or(u32::MAX),
+            fresh_for: positive.map(duration_millis),
+            negative_fresh_for: negative.map(duration_millis),
+        });
+        self
+    }
+
+    /// Bound on an operation's setup (tier lookups, the origin's answer),
+    /// never on reading the body. Default: 30 s.
+    pub fn operation_timeout(mut self, timeout: Duration) -> Self {
+        self.operation_timeout = timeout;
+        self
+    }
+
+    /// Bytes of an in-flight fill kept so that concurrent requests for the
+    /// key can join it from its first byte. Default: 4 MiB.
+    pub fn join_window(mut self, bytes: u64) -> Self {
+        self.join_window = bytes;
+        self
+    }
+
+    /// Longest key accepted, in bytes. Default: 65 536.
+    pub fn max_key_len(mut self, bytes: u32) -> Self {
+        self.max_key_len = bytes;
+        self
+    }
+
+    /// How background jobs run. Default: a pool of 1 worker, queue 500.
+    pub fn workers(mut self, strategy: WorkerStrategy) -> Self {
+        self.workers = strategy;
+        self
+    }
+
+    /// Time limit of one background job. Default: 30 s.
+    pub fn job_timeout(mut self, timeout: Duration) -> Self {
+        self.job_timeout = timeout;
+        self
+    }
+
+    /// How long `close` waits for background jobs. Default: 30 s.
+    pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
+        self.shutdown_timeout = timeout;
+        self
+    }
+
+    /// Number of engine instances, each on its own thread, with keys
+    /// routed among them by hash. Default: the number of cores.
+    pub fn shards(mut self, shards: usize) -> Self {
+        self.shards = shards;
+        self
+    }
+
+    /// Run another engine component instead of the embedded one.
+    pub fn component(mut self, source: ComponentSource) -> Self {
+        self.component = source;
+        self
+    }
+
+    /// Where compiled engines are kept between runs; `None` compiles on
+    /// every start. Default: `$XDG_CACHE_HOME/daramjwee` or
+    /// `~/.cache/daramjwee`. The directory is trusted: its files are loaded
+    /// as native code.
+    pub fn compile_cache(mut self, dir: Option<PathBuf>) -> Self {
+        self.compile_cache = dir;
+        self
+    }
+
+    /// Cap on the engine's linear memory, per instance. Default: 256 MiB.
+    pub fn memory_limit(mut self, bytes: usize) -> Self {
+        self.memory_limit = bytes;
+        self
+    }
+
+    /// Longest the engine may compute without returning to the host
+    /// before its call is interrupted. Default: 1 s.
+    pub fn call_time_limit(mut self, limit: Duration) -> Self {
+        self.call_time_limit = limit;
+        self
+    }
+
+    /// Check every setting, start the engine instances and the worker
+    /// pool, and open the cache.
+    pub async fn build(self) -> Result<Cache> {
+        let bad = |why: &str| Err(Error::InvalidConfig(why.into()));
+        if self.shards == 0 {
+            return bad("shards: must be positive");
+        }
+        if self.shutdown_timeout.is_zero() {
+            return bad("shutdown-timeout: must be positive");
+        }
+        if self.call_time_limit.is_zero() {
+            return bad("call-time-limit: must be positive");
+        }
+        if self.memory_limit < (16 << 20) {
+            return bad("memory-limit: must be at least 16 MiB");
+        }
+        if self.operation_timeout.is_zero() {
+            return bad("operation-timeout: must be positive");
+        }
+        let pool = Arc::new(Pool::start(self.workers, self.job_timeout)?);
+        let loaded = load(&self.component, self.compile_cache.as_deref())?;
+        let config = cache::Config {
+            fresh_for: duration_millis(self.fresh_for),
+            negative_fresh_for: duration_millis(self.negative_fresh_for),
+            tier_freshness: self.tier_freshness,
+            operation_timeout: duration_millis(self.operation_timeout),
+            join_window: self.join_window,
+            max_key_len: self.max_key_len,
+        };
+        let router = Arc::new(Router {
+            shards: OnceLock::new(),
+        });
+        let queue = {
+            let (router, pool) = (Arc::downgrade(&router), Arc::clone(&pool));
+            Arc::new(move |job: scheduler::Job, fetcher: Option<SharedFetcher>| {
+                let router = Weak::clone(&router);
+                pool.submit(Box::pin(async move {
+                    if let Some(router) = router.upgrade()
+                        && let Err(e) = router.run_job(job, fetcher).await
+                    {
+                        tracing::warn!("background job failed: {e}");
+                    }
+                }))
+            })
+        };
+        let mut shards = Vec::with_capacity(self.shards);
+        for index in 0..self.shards {
+            let spec = ShardSpec {
+                loaded: Arc::clone(&loaded),
+                config: config.clone(),
+                tiers: self.tiers.clone(),
+                queue: queue.clone(),
+                memory_limit: self.memory_limit,
+                call_ticks: ticks_in(self.call_time_limit),
+            };
+            shards.push(Shard::start(index, spec).await?);
+        }
+        let _ = router.shards.set(shards);
+        Ok(Cache {
+            inner: Arc::new(Inner {
+                router,
+                pool,
+                closed: AtomicBool::new(false),
+                shutdown_timeout: self.shutdown_timeout,
+            }),
+        })
+    }
+}
+
+/// Routes each key to its shard.
+struct Router {
+    shards: OnceLock<Vec<Shard>>,
+}
+
+impl Router {
+    fn shard(&self, key: &str) -> &Shard {
+        let shards = self
+            .shards
+            .get()
+            .expect("shards are set before the cache is handed out");
+        let mut h = DefaultHasher::new();
+        key.hash(&mut h);
+        &shards[h.finish() as usize % shards.len()]
+    }
+
+    async fn call<T>(
+        &self,
+        key: &str,
+        command: impl FnOnce(oneshot::Sender<Result<T>>) -> Command,
+    ) -> Result<T> {
+        let shard = self.shard(key);
+        let (tx, rx) = oneshot::channel();
+        shard.send(command(tx)).await?;
+        rx.await.map_err(|_| shard.lost())?
+    }
+
+    async fn run_job(&self, job: scheduler::Job, fetcher: Option<SharedFetcher>) -> Result<()> {
+        let key = job.key.clone();
+        self.call(&key, |reply| Command::RunJob {
+            job,
+            fetcher,
+            reply,
+        })
+        .await
+    }
+}
+
+struct Inner {
+    router: Arc<Router>,
+    pool: Arc<Pool>,
+    closed: AtomicBool,
+    shutdown_timeout: Duration,
+}
+
+/// A cache of N tiers whose rules run in the engine component. Cheap to
+/// clone; clones share one cache.
+#[derive(Clone)]
+pub struct Cache {
+    inner: Arc<Inner>,
+}
+
+impl Cache {
+    /// A builder with the defaults.
+    pub fn builder() -> CacheBuilder {
+        CacheBuilder::default()
+    }
+
+    fn check_open(&self) -> Result<()> {
+        if self.inner.closed.load(Ordering::SeqCst) {
+            Err(Error::Closed)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Read `key` through the tiers, then `fetcher`.
+    pub async fn get(&self, key: &str, fetcher: impl Fetcher) -> Result<GetResponse> {
+        self.get_if_none_match(key, None, fetcher).await
+    }
+
+    /// Read `key`, answering [`Status::NotModified`] when `if_none_match`
+    /// (an HTTP `If-None-Match` value) matches the entry's tag.
+    pub async fn get_if_none_match(
+        &self,
+        key: &str,
+        if_none_match: Option<&str>,
+        fetcher: impl Fetcher,
+    ) -> Result<GetResponse> {
+        self.check_open()?;
+        let fetcher: SharedFetcher = Arc::new(fetcher);
+        let inm = if_none_match.map(str::to_owned);
+        self.inner
+            .router
+            .call(key, |reply| Command::Get {
+                key: key.to_owned(),
+                inm,
+                fetcher,
+                reply,
+            })
+            .await
+    }
+
+    /// Start writing `key` into tier 0 directly (`cached_at` becomes now).
+    /// Nothing is visible until [`Writer::commit`]; dropping the writer
+    /// aborts.
+    pub async fn set(&self, key: &str, meta: Metadata) -> Result<Writer> {
+        self.check_open()?;
+        let id = self
+            .inner
+            .router
+            .call(key, |reply| Command::Set {
+                key: key.to_owned(),
+                meta,
+                reply,
+            })
+            .await?;
+        Ok(Writer {
+            cache: self.clone(),
+            key: key.to_owned(),
+            id: Some(id),
+        })
+    }
+
+    /// Remove `key` from every tier, the lowest first; reports the first
+    /// failing tier's error after trying them all.
+    pub async fn delete(&self, key: &str) -> Result<()> {
+        self.check_open()?;
+        self.inner
+            .router
+            .call(key, |reply| Command::Delete {
+                key: key.to_owned(),
+                reply,
+            })
+            .await
+    }
+
+    /// Refresh `key` from `fetcher` in the background. [`Error::Busy`]
+    /// when the queue is full; a refresh of the key already pending makes
+    /// this a no-op.
+    pub async fn schedule_refresh(&self, key: &str, fetcher: impl Fetcher) -> Result<()> {
+        self.check_open()?;
+        let fetcher: SharedFetcher = Arc::new(fetcher);
+        self.inner
+            .router
+            .call(key, |reply| Command::ScheduleRefresh {
+                key: key.to_owned(),
+                fetcher,
+                reply,
+            })
+            .await
+    }
+
+    /// Close: later calls fail with [`Error::Closed`]; bodies already
+    /// handed out stay readable; queued background jobs run until the
+    /// shutdown timeout, the rest are dropped. Idempotent.
+    pub async fn close(&self) {
+        if self.inner.closed.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        for shard in self.inner.router.shards.get().into_iter().flatten() {
+            let (tx, rx) = oneshot::channel();
+            if shard.send(Command::Close { reply: tx }).await.is_ok() {
+                let _ = rx.await;
+            }
+        }
+        self.inner.pool.shutdown(self.inner.shutdown_timeout).await;
+    }
+
+    /// Counters of the background pool.
+    pub fn pool_stats(&self) -> &PoolStats {
+        self.inner.pool.stats()
+    }
+
+    /// Background jobs waiting in the queue.
+    pub fn queued_jobs(&self) -> usize {
+        self.inner.pool.queued()
+    }
+}
+
+/// A direct write into tier 0, from [`Cache::set`]. Dropping it without
+/// [`Writer::commit`] aborts the write.
+pub struct Writer {
+    cache: Cache,
+    key: String,
+    id: Option<u64>,
+}
+
+impl Writer {
+    /// Append `data` to the body.
+    pub async fn write(&mut self, data: impl Into<Bytes>) -> Result<()> {
+        let writer = self.id.ok_or(Error::Closed)?;
+        let data = data.into().to_vec();
+        self.cache
+            .inner
+            .router
+            .call(&self.key, |reply| Command::Write {
+                writer,
+                data,
+                reply,
+            })
+            .await
+    }
+
+    /// Publish the entry. [`Error::Invalidated`] when a later `set` or
+    /// `delete` of the key came first (nothing is written then).
+    pub async fn commit(mut self) -> Result<()> {
+        let writer = self.id.take().ok_or(Error::Closed)?;
+        self.cache
+            .inner
+            .router
+            .call(&self.key, |reply| Command::Commit { writer, reply })
+            .await
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        if let Some(writer) = self.id.take() {
+            let shard = self.cache.inner.router.shard(&self.key);
+            // Best effort: if the shard is gone, so is the write.
+            let _ = shard.try_send(Command::Abort { writer });
+        }
+    }
+}

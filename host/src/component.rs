@@ -1,0 +1,153 @@
+//! Loading the engine component: one wasmtime engine per process, each
+//! component compiled once per process and, when a cache directory is
+//! set, once per machine (the compiled form is stored and reloaded).
+
+use std::collections::HashMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use wasmtime::component::{Component, Linker};
+
+use crate::bindings;
+use crate::imports::HostState;
+use crate::{Error, Result};
+
+/// The engine component built from this repository's `component/` crate,
+/// carried inside the binary.
+pub static EMBEDDED_COMPONENT: &[u8] = include_bytes!(env!("DARAMJWEE_COMPONENT_WASM"));
+
+/// One epoch tick: the granularity of the guest call time limit.
+pub(crate) const TICK: Duration = Duration::from_millis(10);
+
+/// Which engine component a cache runs.
+#[derive(Clone, Debug, Default)]
+pub enum ComponentSource {
+    /// The engine carried inside this binary.
+    #[default]
+    Embedded,
+    /// A component file on disk (a `.wasm` component).
+    File(PathBuf),
+    /// A component in memory.
+    Bytes(Arc<[u8]>),
+}
+
+/// The process-wide wasmtime engine and its epoch ticker.
+pub(crate) struct Runtime {
+    pub(crate) engine: wasmtime::Engine,
+    pub(crate) ticks: Arc<AtomicU64>,
+}
+
+pub(crate) fn runtime() -> Result<&'static Runtime> {
+    static RUNTIME: OnceLock<Result<Runtime>> = OnceLock::new();
+    RUNTIME
+        .get_or_init(|| {
+            let mut config = wasmtime::Config::new();
+            config.epoch_interruption(true);
+            let engine = wasmtime::Engine::new(&config)
+                .map_err(|e| Error::Engine(format!("wasmtime: {e}")))?;
+            let ticks = Arc::new(AtomicU64::new(0));
+            let (ticker_engine, ticker_ticks) = (engine.clone(), Arc::clone(&ticks));
+            std::thread::Builder::new()
+                .name("daramjwee-epoch".into())
+                .spawn(move || {
+                    loop {
+                        std::thread::sleep(TICK);
+                        ticker_ticks.fetch_add(1, Ordering::Relaxed);
+                        ticker_engine.increment_epoch();
+                    }
+                })
+                .map_err(|e| Error::Engine(format!("cannot start the epoch ticker: {e}")))?;
+            Ok(Runtime { engine, ticks })
+        })
+        .as_ref()
+        .map_err(Clone::clone)
+}
+
+/// A loaded engine component, ready to instantiate.
+pub(crate) struct Loaded {
+    pub(crate) pre: bindings::EnginePre<HostState>,
+}
+
+/// Load `source`, compiling it at most once per process.
+pub(crate) fn load(source: &ComponentSource, cache_dir: Option<&Path>) -> Result<Arc<Loaded>> {
+    static LOADED: OnceLock<Mutex<HashMap<u64, Arc<Loaded>>>> = OnceLock::new();
+    let bytes: std::borrow::Cow<'_, [u8]> = match source {
+        ComponentSource::Embedded => EMBEDDED_COMPONENT.into(),
+        ComponentSource::Bytes(bytes) => bytes.as_ref().into(),
+        ComponentSource::File(path) => std::fs::read(path)
+            .map_err(|e| {
+                Error::InvalidConfig(format!("component: cannot read {}: {e}", path.display()))
+            })?
+            .into(),
+    };
+    let rt = runtime()?;
+    let key = {
+        let mut h = DefaultHasher::new();
+        bytes.hash(&mut h);
+        rt.engine.precompile_compatibility_hash().hash(&mut h);
+        h.finish()
+    };
+    let mut loaded = LOADED.get_or_init(Mutex::default).lock().expect("lock");
+    if let Some(found) = loaded.get(&key) {
+        return Ok(Arc::clone(found));
+    }
+    let component = compile(&rt.engine, &bytes, key, cache_dir)?;
+    let mut linker = Linker::<HostState>::new(&rt.engine);
+    let engine_err = |e: wasmtime::Error| Error::Engine(format!("{e:?}"));
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(engine_err)?;
+    bindings::Engine::add_to_linker::<HostState, HostState>(&mut linker, |s| s)
+        .map_err(engine_err)?;
+    let pre = linker
+        .instantiate_pre(&component)
+        .and_then(bindings::EnginePre::new)
+        .map_err(|e| Error::InvalidConfig(format!("component: not a daramjwee engine: {e:?}")))?;
+    let found = Arc::new(Loaded { pre });
+    loaded.insert(key, Arc::clone(&found));
+    Ok(found)
+}
+
+fn compile(
+    engine: &wasmtime::Engine,
+    wasm: &[u8],
+    key: u64,
+    cache_dir: Option<&Path>,
+) -> Result<Component> {
+    let fresh = || {
+        Component::new(engine, wasm)
+            .map_err(|e| Error::InvalidConfig(format!("component: cannot compile: {e:?}")))
+    };
+    let Some(dir) = cache_dir else { return fresh() };
+    let path = dir.join(format!("engine-{key:016x}.cwasm"));
+    // SAFETY: the file was written by `precompile_component` of an engine
+    // with the same compatibility hash (it is part of the file name); the
+    // cache directory is trusted like the binary itself.
+    if let Ok(component) = unsafe { Component::deserialize_file(engine, &path) } {
+        return Ok(component);
+    }
+    let compiled = engine
+        .precompile_component(wasm)
+        .map_err(|e| Error::InvalidConfig(format!("component: cannot compile: {e:?}")))?;
+    let tmp = dir.join(format!(".engine-{key:016x}.{}.tmp", std::process::id()));
+    let stored = std::fs::create_dir_all(dir)
+        .and_then(|()| std::fs::write(&tmp, &compiled))
+        .and_then(|()| std::fs::rename(&tmp, &path));
+    if let Err(e) = stored {
+        let _ = std::fs::remove_file(&tmp);
+        tracing::warn!(dir = %dir.display(), "cannot store the compiled engine: {e}");
+    }
+    // SAFETY: produced just above by this engine.
+    unsafe { Component::deserialize(engine, &compiled) }
+        .map_err(|e| Error::InvalidConfig(format!("component: cannot load: {e:?}")))
+}
+
+/// The default directory for compiled engines: `$XDG_CACHE_HOME/daramjwee`
+/// or `~/.cache/daramjwee`.
+pub fn default_compile_cache() -> Option<PathBuf> {
+    std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))
+        .map(|dir| dir.join("daramjwee"))
+}

@@ -1,0 +1,72 @@
+//! The origin as the embedding API sees it: an async trait.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::FutureExt;
+use futures::future::BoxFuture;
+
+use crate::tier::ByteStream;
+use crate::{Metadata, Result};
+
+/// The origin's answer to a fetch.
+pub enum FetchResult {
+    /// A new body with its metadata (`cached_at` is set by the cache).
+    Body {
+        /// Metadata of the body; its `tag` is the origin's ETag.
+        meta: Metadata,
+        /// The body. An `Err` item means it broke off; nothing is cached.
+        body: ByteStream,
+    },
+    /// The copy the cache holds (whose metadata was passed in) is good.
+    NotModified,
+    /// The key does not exist; the cache remembers that (negative entry).
+    NotFound,
+}
+
+impl FetchResult {
+    /// A body held in memory.
+    pub fn bytes(meta: Metadata, body: impl Into<Bytes>) -> Self {
+        let body: Bytes = body.into();
+        FetchResult::Body {
+            meta,
+            body: Box::pin(futures::stream::iter(
+                (!body.is_empty()).then_some(Ok(body)),
+            )),
+        }
+    }
+}
+
+/// User code that produces the body of a key. Any error is returned to the
+/// caller and never cached.
+pub trait Fetcher: Send + Sync + 'static {
+    /// Fetch `key`. `held` is the metadata of the copy the cache holds, if
+    /// any, so the origin can answer [`FetchResult::NotModified`].
+    fn fetch(
+        &self,
+        key: &str,
+        held: Option<&Metadata>,
+    ) -> impl Future<Output = Result<FetchResult>> + Send;
+}
+
+/// The object-safe form the host passes around.
+pub(crate) trait DynFetcher: Send + Sync + 'static {
+    fn fetch_owned(
+        self: Arc<Self>,
+        key: String,
+        held: Option<Metadata>,
+    ) -> BoxFuture<'static, Result<FetchResult>>;
+}
+
+impl<F: Fetcher> DynFetcher for F {
+    fn fetch_owned(
+        self: Arc<Self>,
+        key: String,
+        held: Option<Metadata>,
+    ) -> BoxFuture<'static, Result<FetchResult>> {
+        async move { self.fetch(&key, held.as_ref()).await }.boxed()
+    }
+}
+
+pub(crate) type SharedFetcher = Arc<dyn DynFetcher>;

@@ -1,0 +1,44 @@
+//! Entry metadata as the host sees it.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Everything the cache keeps about an entry besides its body.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Metadata {
+    /// The origin's entity tag, opaque; empty when there is none.
+    pub tag: String,
+    /// When the entry was fetched or written.
+    pub cached_at: Option<SystemTime>,
+    /// The entry records "not found at the origin"; its body is empty.
+    pub negative: bool,
+    /// Freshness window of this entry, overriding the cache's.
+    pub fresh_for: Option<Duration>,
+    /// How long past freshness the entry may be served stale.
+    pub stale_for: Option<Duration>,
+    /// Opaque name/value pairs kept with the entry.
+    pub attributes: Vec<(String, String)>,
+}
+
+impl Metadata {
+    /// Metadata with just a tag.
+    pub fn tagged(tag: impl Into<String>) -> Self {
+        Metadata {
+            tag: tag.into(),
+            ..Metadata::default()
+        }
+    }
+}
+
+pub(crate) fn to_millis(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+pub(crate) fn from_millis(ms: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(ms)
+}
+
+pub(crate) fn duration_millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}

@@ -1,0 +1,437 @@
+//! One engine instance on its own thread. Requests reach it as commands;
+//! inside one `run_concurrent` it runs them all as concurrent calls into
+//! the component. Keys are routed to shards by hash, so every request for
+//! a key meets the same instance: coalescing and generations hold.
+//!
+//! A guest fault (trap, runaway call, memory exhausted) poisons the store:
+//! the requests in flight on that instance fail, and the shard starts a
+//! fresh instance over the same tiers.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use tokio::sync::{mpsc, oneshot};
+use wasmtime::component::{Accessor, ResourceAny};
+use wasmtime::{CallHook, Store, StoreLimitsBuilder, UpdateDeadline};
+
+use crate::bindings::{cache, scheduler};
+use crate::body::{Body, OpenBodies};
+use crate::component::{Loaded, TICK, runtime};
+use crate::fetcher::SharedFetcher;
+use crate::imports::{
+    ChannelConsumer, CompletionConsumer, FetcherRes, HostState, QueueRes, TierRes,
+};
+use crate::tier::Tier;
+use crate::{Error, GetResponse, Metadata, Result, Source, Status};
+
+type Reply<T> = oneshot::Sender<Result<T>>;
+
+/// A request for a shard.
+pub(crate) enum Command {
+    Get {
+        key: String,
+        inm: Option<String>,
+        fetcher: SharedFetcher,
+        reply: Reply<GetResponse>,
+    },
+    Set {
+        key: String,
+        meta: Metadata,
+        reply: Reply<u64>,
+    },
+    Write {
+        writer: u64,
+        data: Vec<u8>,
+        reply: Reply<()>,
+    },
+    Commit {
+        writer: u64,
+        reply: Reply<()>,
+    },
+    Abort {
+        writer: u64,
+    },
+    Delete {
+        key: String,
+        reply: Reply<()>,
+    },
+    ScheduleRefresh {
+        key: String,
+        fetcher: SharedFetcher,
+        reply: Reply<()>,
+    },
+    RunJob {
+        job: scheduler::Job,
+        fetcher: Option<SharedFetcher>,
+        reply: Reply<()>,
+    },
+    Close {
+        reply: Reply<()>,
+    },
+}
+
+/// Everything a shard needs to (re)build its engine instance.
+pub(crate) struct ShardSpec {
+    pub(crate) loaded: Arc<Loaded>,
+    pub(crate) config: cache::Config,
+    pub(crate) tiers: Vec<Arc<dyn Tier>>,
+    pub(crate) queue:
+        Arc<dyn Fn(scheduler::Job, Option<SharedFetcher>) -> Result<()> + Send + Sync>,
+    pub(crate) memory_limit: usize,
+    pub(crate) call_ticks: u64,
+}
+
+/// The caller's side of a shard.
+pub(crate) struct Shard {
+    tx: mpsc::Sender<Command>,
+    fault: Arc<Mutex<String>>,
+}
+
+impl Shard {
+    /// Start a shard and wait until its engine opened the cache (which
+    /// validates the configuration).
+    pub(crate) async fn start(index: usize, spec: ShardSpec) -> Result<Self> {
+        let (tx, rx) = mpsc::channel(1024);
+        let (ready_tx, ready_rx) = oneshot::channel();
+        let fault = Arc::new(Mutex::new(String::new()));
+        let shard_fault = Arc::clone(&fault);
+        std::thread::Builder::new()
+            .name(format!("daramjwee-shard-{index}"))
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ =
+                            ready_tx.send(Err(Error::Other(format!("cannot start a shard: {e}"))));
+                        return;
+                    }
+                };
+                rt.block_on(run(index, spec, rx, ready_tx, shard_fault));
+            })
+            .map_err(|e| Error::Other(format!("cannot start a shard: {e}")))?;
+        ready_rx
+            .await
+            .map_err(|_| Error::Engine("the engine failed while opening the cache".into()))??;
+        Ok(Shard { tx, fault })
+    }
+
+    /// Send `command`; `Closed` when the shard is gone.
+    pub(crate) async fn send(&self, command: Command) -> Result<()> {
+        self.tx.send(command).await.map_err(|_| Error::Closed)
+    }
+
+    /// Send `command` without waiting (for drops); false if not sent.
+    pub(crate) fn try_send(&self, command: Command) -> bool {
+        self.tx.try_send(command).is_ok()
+    }
+
+    /// The error for a request whose reply never came: its instance failed.
+    pub(crate) fn lost(&self) -> Error {
+        let fault = self.fault.lock().expect("lock");
+        Error::Engine(format!(
+            "the engine instance failed and was replaced: {fault}"
+        ))
+    }
+}
+
+async fn run(
+    index: usize,
+    spec: ShardSpec,
+    mut rx: mpsc::Receiver<Command>,
+    ready: oneshot::Sender<Result<()>>,
+    fault: Arc<Mutex<String>>,
+) {
+    let mut ready = Some(ready);
+    let bodies = Arc::new(OpenBodies::default());
+    loop {
+        let result = instance(&spec, &mut rx, &mut ready, &bodies).await;
+        let Err(e) = result else { return };
+        let e = format!("{e:?}");
+        tracing::error!(shard = index, "engine instance failed, replacing it: {e}");
+        *fault.lock().expect("lock") = e.lines().next().unwrap_or_default().to_owned();
+        if let Some(ready) = ready.take() {
+            let _ = ready.send(Err(Error::Engine(e)));
+            return;
+        }
+    }
+}
+
+fn new_store(spec: &ShardSpec) -> Result<Store<HostState>> {
+    let rt = runtime()?;
+    let limits = StoreLimitsBuilder::new()
+        .memory_size(spec.memory_limit)
+        .trap_on_grow_failure(true)
+        .build();
+    let mut store = Store::new(&rt.engine, HostState::new(limits));
+    store.limiter(|state| &mut state.limits);
+    let ticks = Arc::clone(&rt.ticks);
+    store.call_hook(move |mut cx, hook| {
+        let now = ticks.load(std::sync::atomic::Ordering::Relaxed);
+        cx.data_mut().in_wasm_since = match hook {
+            CallHook::CallingWasm | CallHook::ReturningFromHost => Some(now),
+            CallHook::ReturningFromWasm | CallHook::CallingHost => None,
+        };
+        Ok(())
+    });
+    let ticks = Arc::clone(&rt.ticks);
+    let limit = spec.call_ticks;
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(move |cx| {
+        let now = ticks.load(std::sync::atomic::Ordering::Relaxed);
+        match cx.data().in_wasm_since {
+            Some(since) if now.saturating_sub(since) > limit => Ok(UpdateDeadline::Interrupt),
+            _ => Ok(UpdateDeadline::Continue(1)),
+        }
+    });
+    Ok(store)
+}
+
+/// Run one engine instance until the commands end and every body is read
+/// (`Ok`), or until the instance fails (`Err`).
+async fn instance(
+    spec: &ShardSpec,
+    rx: &mut mpsc::Receiver<Command>,
+    ready: &mut Option<oneshot::Sender<Result<()>>>,
+    bodies: &Arc<OpenBodies>,
+) -> wasmtime::Result<()> {
+    let mut store = new_store(spec).map_err(wasmtime::Error::msg)?;
+    let engine = spec.loaded.pre.instantiate_async(&mut store).await?;
+    let guest = engine.daramjwee_cache_cache().clone();
+    store
+        .run_concurrent(async |accessor| serve(accessor, &guest, spec, rx, ready, bodies).await)
+        .await?
+}
+
+async fn serve(
+    accessor: &Accessor<HostState>,
+    guest: &cache::Guest,
+    spec: &ShardSpec,
+    rx: &mut mpsc::Receiver<Command>,
+    ready: &mut Option<oneshot::Sender<Result<()>>>,
+    bodies: &Arc<OpenBodies>,
+) -> wasmtime::Result<()> {
+    let (tiers, queue) = accessor.with(|mut a| -> wasmtime::Result<_> {
+        let state = a.get();
+        let tiers = spec
+            .tiers
+            .iter()
+            .map(|t| state.table.push(TierRes(Arc::clone(t))))
+            .collect::<Result<Vec<_>, _>>()?;
+        let queue = state.table.push(QueueRes(Arc::clone(&spec.queue)))?;
+        Ok((tiers, queue))
+    })?;
+    let cache = match guest
+        .cache()
+        .call_open(accessor, spec.config.clone(), tiers, queue)
+        .await?
+    {
+        Ok(cache) => cache,
+        Err(e) => {
+            if let Some(ready) = ready.take() {
+                let _ = ready.send(Err(e.into()));
+            }
+            return Ok(());
+        }
+    };
+    if let Some(ready) = ready.take() {
+        let _ = ready.send(Ok(()));
+    }
+    let calls = Calls {
+        accessor,
+        guest,
+        cache,
+        writers: RefCell::default(),
+        next_writer: Cell::new(0),
+        bodies,
+    };
+    let mut running = FuturesUnordered::new();
+    let mut open = true;
+    loop {
+        tokio::select! {
+            command = rx.recv(), if open => match command {
+                Some(command) => running.push(calls.handle(command)),
+                None => open = false,
+            },
+            Some(result) = running.next(), if !running.is_empty() => result?,
+            () = bodies.none_open(), if !open && running.is_empty() => break,
+        }
+    }
+    Ok(())
+}
+
+/// The calls of one instance into its cache.
+struct Calls<'a> {
+    accessor: &'a Accessor<HostState>,
+    guest: &'a cache::Guest,
+    cache: ResourceAny,
+    writers: RefCell<HashMap<u64, ResourceAny>>,
+    next_writer: Cell<u64>,
+    bodies: &'a Arc<OpenBodies>,
+}
+
+impl Calls<'_> {
+    async fn handle(&self, command: Command) -> wasmtime::Result<()> {
+        let (a, cache) = (self.accessor, self.cache);
+        let calls = self.guest.cache();
+        match command {
+            Command::Get {
+                key,
+                inm,
+                fetcher,
+                reply,
+            } => {
+                let fetcher = a.with(|mut s| s.get().table.push(FetcherRes(fetcher)))?;
+                let response = match calls.call_get(a, cache, key, inm, fetcher).await? {
+                    Ok(response) => Ok(self.response(response)?),
+                    Err(e) => Err(e.into()),
+                };
+                let _ = reply.send(response);
+            }
+            Command::Set { key, meta, reply } => {
+                let result = calls
+                    .call_set(a, cache, key, meta.into())
+                    .await?
+                    .map_err(Error::from)
+                    .map(|writer| {
+                        let id = self.next_writer.get();
+                        self.next_writer.set(id + 1);
+                        self.writers.borrow_mut().insert(id, writer);
+                        id
+                    });
+                let _ = reply.send(result);
+            }
+            Command::Write {
+                writer,
+                data,
+                reply,
+            } => {
+                let found = self.writers.borrow().get(&writer).copied();
+                let result = match found {
+                    Some(w) => self
+                        .guest
+                        .writer()
+                        .call_write(a, w, data)
+                        .await?
+                        .map_err(Into::into),
+                    None => Err(unknown_writer()),
+                };
+                let _ = reply.send(result);
+            }
+            Command::Commit { writer, reply } => {
+                let found = self.writers.borrow_mut().remove(&writer);
+                let result = match found {
+                    Some(w) => self
+                        .guest
+                        .writer()
+                        .call_commit(a, w)
+                        .await?
+                        .map_err(Into::into),
+                    None => Err(unknown_writer()),
+                };
+                let _ = reply.send(result);
+            }
+            Command::Abort { writer } => {
+                let found = self.writers.borrow_mut().remove(&writer);
+                if let Some(w) = found {
+                    self.guest.writer().call_abort(a, w).await?;
+                }
+            }
+            Command::Delete { key, reply } => {
+                let _ = reply.send(calls.call_delete(a, cache, key).await?.map_err(Into::into));
+            }
+            Command::ScheduleRefresh {
+                key,
+                fetcher,
+                reply,
+            } => {
+                let fetcher = a.with(|mut s| s.get().table.push(FetcherRes(fetcher)))?;
+                let _ = reply.send(
+                    calls
+                        .call_schedule_refresh(a, cache, key, fetcher)
+                        .await?
+                        .map_err(Into::into),
+                );
+            }
+            Command::RunJob {
+                job,
+                fetcher,
+                reply,
+            } => {
+                let fetcher = match fetcher {
+                    Some(f) => Some(a.with(|mut s| s.get().table.push(FetcherRes(f)))?),
+                    None => None,
+                };
+                let _ = reply.send(
+                    calls
+                        .call_run_job(a, cache, job, fetcher)
+                        .await?
+                        .map_err(Into::into),
+                );
+            }
+            Command::Close { reply } => {
+                calls.call_close(a, cache).await?;
+                let _ = reply.send(Ok(()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Hand the response's body over to a [`Body`] the caller reads.
+    fn response(&self, r: cache::Response) -> wasmtime::Result<GetResponse> {
+        let body = match r.body {
+            Some(stream) => {
+                let (tx, rx) = mpsc::channel(4);
+                let done = self.accessor.with(|mut s| -> wasmtime::Result<_> {
+                    stream.pipe(&mut s, ChannelConsumer::new(tx))?;
+                    Ok(match r.complete {
+                        Some(complete) => {
+                            let (done_tx, done_rx) = oneshot::channel();
+                            complete.pipe(&mut s, CompletionConsumer(Some(done_tx)))?;
+                            Some(done_rx)
+                        }
+                        None => None,
+                    })
+                })?;
+                Some(Body::new(rx, r.size, done, self.bodies.open()))
+            }
+            None => {
+                if let Some(mut complete) = r.complete {
+                    complete.close_with(self.accessor)?;
+                }
+                None
+            }
+        };
+        let status = match r.status {
+            cache::Status::Ok => Status::Ok,
+            cache::Status::NotModified => Status::NotModified,
+            cache::Status::NotFound => Status::NotFound,
+        };
+        let source = match r.source {
+            cache::Source::Tier(i) => Source::Tier(i as usize),
+            cache::Source::Origin => Source::Origin,
+            cache::Source::Joined => Source::Joined,
+        };
+        Ok(GetResponse {
+            status,
+            meta: r.meta.into(),
+            source,
+            stale: r.stale,
+            body,
+        })
+    }
+}
+
+fn unknown_writer() -> Error {
+    Error::Other("the writer is gone (its engine instance was replaced)".into())
+}
+
+/// Ticks in `limit`, at least one.
+pub(crate) fn ticks_in(limit: std::time::Duration) -> u64 {
+    (limit.as_millis() / TICK.as_millis()).max(1) as u64
+}

@@ -1,0 +1,50 @@
+//! The tier trait every store implements, and the body stream type.
+
+use std::pin::Pin;
+
+use bytes::Bytes;
+use futures::Stream;
+use futures::future::BoxFuture;
+
+use crate::{Metadata, Result};
+
+/// A body: chunks of bytes, or an error if it broke off.
+pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes>> + Send>>;
+
+/// An entry opened for reading from a tier.
+pub struct TierEntry {
+    /// The entry's metadata.
+    pub meta: Metadata,
+    /// Body length in bytes.
+    pub size: u64,
+    /// The body.
+    pub body: ByteStream,
+}
+
+/// A write in progress. Dropping it without [`TierSink::commit`] aborts
+/// the write: readers never see a partial entry.
+pub trait TierSink: Send {
+    /// Append `data`.
+    fn write(&mut self, data: Bytes) -> BoxFuture<'_, Result<()>>;
+    /// Publish the entry atomically, replacing any previous one.
+    fn commit(self: Box<Self>) -> BoxFuture<'static, Result<()>>;
+}
+
+/// One store in the ordered list of tiers. Implementations must be safe to
+/// call from many threads at once.
+pub trait Tier: Send + Sync + 'static {
+    /// A name unique within one cache, for logs and configuration checks.
+    fn name(&self) -> String;
+    /// Open `key` for reading, or `None` when absent.
+    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<TierEntry>>>;
+    /// The metadata of `key` without its body.
+    fn stat<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Metadata>>>;
+    /// Start writing `key`.
+    fn begin_write<'a>(
+        &'a self,
+        key: &'a str,
+        meta: Metadata,
+    ) -> BoxFuture<'a, Result<Box<dyn TierSink>>>;
+    /// Remove `key`; removing an absent key succeeds.
+    fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<()>>;
+}
