@@ -25,6 +25,13 @@ fn main() {
         "cargo:rustc-env=DARAMJWEE_COMPONENT_WASM={}",
         wasm.display()
     );
+    if env::var_os("CARGO_FEATURE_FAULT_INJECTION").is_some() {
+        let faulty = build_component(root, &out.join("component-faults"), &["fault-injection"]);
+        println!(
+            "cargo:rustc-env=DARAMJWEE_FAULTY_COMPONENT_WASM={}",
+            faulty.display()
+        );
+    }
 }
 
 /// Build the component crate for wasm into `target_dir`, returning the

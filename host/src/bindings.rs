@@ -17,5 +17,5 @@ wasmtime::component::bindgen!({
     },
 });
 
-pub use daramjwee::cache::{origin, scheduler, store, types};
-pub use exports::daramjwee::cache::cache;
+pub use self::daramjwee::cache::{origin, scheduler, store, types};
+pub use self::exports::daramjwee::cache::cache;

@@ -42,6 +42,7 @@ pub enum Source {
 }
 
 /// The answer to a `get`.
+#[derive(Debug)]
 pub struct GetResponse {
     /// The outcome.
     pub status: Status,
@@ -303,8 +304,12 @@ impl Router {
     ) -> Result<T> {
         let shard = self.shard(key);
         let (tx, rx) = oneshot::channel();
+        let faults = shard.faults();
         shard.send(command(tx)).await?;
-        rx.await.map_err(|_| shard.lost())?
+        match rx.await {
+            Ok(result) => result,
+            Err(_) => Err(shard.lost(faults).await),
+        }
     }
 
     async fn run_job(&self, job: scheduler::Job, fetcher: Option<SharedFetcher>) -> Result<()> {

@@ -19,6 +19,11 @@ use crate::{Error, Result};
 /// carried inside the binary.
 pub static EMBEDDED_COMPONENT: &[u8] = include_bytes!(env!("DARAMJWEE_COMPONENT_WASM"));
 
+/// An engine that traps, loops or exhausts its memory on the keys
+/// `fault:trap`, `fault:loop` and `fault:oom`: for fault-isolation tests.
+#[cfg(feature = "fault-injection")]
+pub static FAULTY_COMPONENT: &[u8] = include_bytes!(env!("DARAMJWEE_FAULTY_COMPONENT_WASM"));
+
 /// One epoch tick: the granularity of the guest call time limit.
 pub(crate) const TICK: Duration = Duration::from_millis(10);
 

@@ -42,9 +42,11 @@ pub struct HostState {
     pub(crate) table: ResourceTable,
     wasi: WasiCtx,
     pub(crate) limits: StoreLimits,
-    /// Epoch tick at which wasm was last entered, while it runs; `None`
-    /// while the host runs. Kept by the store's call hook.
-    pub(crate) in_wasm_since: Option<u64>,
+    /// Transitions between wasm and host so far (the call hook counts).
+    pub(crate) transitions: u64,
+    /// The watchdog's last sight of `transitions`, and the epoch tick
+    /// since which it has not moved.
+    pub(crate) watchdog: (u64, u64),
 }
 
 impl HostState {
@@ -53,7 +55,8 @@ impl HostState {
             table: ResourceTable::new(),
             wasi: WasiCtx::builder().inherit_stderr().build(),
             limits,
-            in_wasm_since: None,
+            transitions: 0,
+            watchdog: (0, 0),
         }
     }
 }

@@ -41,6 +41,8 @@ mod tier;
 
 pub use body::Body;
 pub use cache::{Cache, CacheBuilder, GetResponse, Source, Status, Writer};
+#[cfg(feature = "fault-injection")]
+pub use component::FAULTY_COMPONENT;
 pub use component::{ComponentSource, EMBEDDED_COMPONENT, default_compile_cache};
 pub use error::{Error, Result};
 pub use fetcher::{FetchResult, Fetcher};
@@ -48,3 +50,8 @@ pub use memory::MemoryStore;
 pub use meta::Metadata;
 pub use pool::{PoolStats, WorkerStrategy};
 pub use tier::{ByteStream, Tier, TierEntry, TierSink};
+
+/// The README's examples, compiled as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+mod readme {}

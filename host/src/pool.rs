@@ -226,20 +226,17 @@ mod tests {
         )
         .unwrap();
         let (gate_tx, gate_rx) = oneshot::channel::<()>();
+        let (started_tx, started_rx) = oneshot::channel::<()>();
         pool.submit(Box::pin(async move {
+            let _ = started_tx.send(());
             let _ = gate_rx.await;
         }))
         .unwrap();
-        // The worker may not have taken the first job yet: fill until refused.
+        // The worker is busy with the first job: one more fits the queue.
+        started_rx.await.unwrap();
         let ran = Arc::new(AtomicUsize::new(0));
-        let mut refused = None;
-        for _ in 0..3 {
-            if let Err(e) = pool.submit(counting(&ran)) {
-                refused = Some(e);
-                break;
-            }
-        }
-        assert_eq!(refused, Some(Error::Busy));
+        pool.submit(counting(&ran)).unwrap();
+        assert_eq!(pool.submit(counting(&ran)), Err(Error::Busy));
         assert!(pool.stats().dropped.load(Ordering::Relaxed) >= 1);
         gate_tx.send(()).unwrap();
         pool.shutdown(Duration::from_secs(5)).await;

@@ -9,13 +9,14 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::time::Duration;
 
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use wasmtime::component::{Accessor, ResourceAny};
-use wasmtime::{CallHook, Store, StoreLimitsBuilder, UpdateDeadline};
+use wasmtime::{Store, StoreLimitsBuilder, UpdateDeadline};
 
 use crate::bindings::{cache, scheduler};
 use crate::body::{Body, OpenBodies};
@@ -87,7 +88,8 @@ pub(crate) struct ShardSpec {
 /// The caller's side of a shard.
 pub(crate) struct Shard {
     tx: mpsc::Sender<Command>,
-    fault: Arc<Mutex<String>>,
+    /// How many instances failed so far, and why the last one did.
+    faults: watch::Receiver<(u64, String)>,
 }
 
 impl Shard {
@@ -96,8 +98,7 @@ impl Shard {
     pub(crate) async fn start(index: usize, spec: ShardSpec) -> Result<Self> {
         let (tx, rx) = mpsc::channel(1024);
         let (ready_tx, ready_rx) = oneshot::channel();
-        let fault = Arc::new(Mutex::new(String::new()));
-        let shard_fault = Arc::clone(&fault);
+        let (fault_tx, faults) = watch::channel((0, String::new()));
         std::thread::Builder::new()
             .name(format!("daramjwee-shard-{index}"))
             .spawn(move || {
@@ -112,13 +113,13 @@ impl Shard {
                         return;
                     }
                 };
-                rt.block_on(run(index, spec, rx, ready_tx, shard_fault));
+                rt.block_on(run(index, spec, rx, ready_tx, fault_tx));
             })
             .map_err(|e| Error::Other(format!("cannot start a shard: {e}")))?;
         ready_rx
             .await
             .map_err(|_| Error::Engine("the engine failed while opening the cache".into()))??;
-        Ok(Shard { tx, fault })
+        Ok(Shard { tx, faults })
     }
 
     /// Send `command`; `Closed` when the shard is gone.
@@ -131,11 +132,20 @@ impl Shard {
         self.tx.try_send(command).is_ok()
     }
 
-    /// The error for a request whose reply never came: its instance failed.
-    pub(crate) fn lost(&self) -> Error {
-        let fault = self.fault.lock().expect("lock");
+    /// Instances failed so far; taken before sending a command.
+    pub(crate) fn faults(&self) -> u64 {
+        self.faults.borrow().0
+    }
+
+    /// The error for a request whose reply never came because its instance
+    /// failed after `seen` faults: waits briefly for the reason.
+    pub(crate) async fn lost(&self, seen: u64) -> Error {
+        let mut faults = self.faults.clone();
+        let recorded = faults.wait_for(|(n, _)| *n > seen);
+        let _ = tokio::time::timeout(Duration::from_secs(1), recorded).await;
+        let why = faults.borrow().1.clone();
         Error::Engine(format!(
-            "the engine instance failed and was replaced: {fault}"
+            "the engine instance failed and was replaced: {why}"
         ))
     }
 }
@@ -145,18 +155,24 @@ async fn run(
     spec: ShardSpec,
     mut rx: mpsc::Receiver<Command>,
     ready: oneshot::Sender<Result<()>>,
-    fault: Arc<Mutex<String>>,
+    faults: watch::Sender<(u64, String)>,
 ) {
     let mut ready = Some(ready);
     let bodies = Arc::new(OpenBodies::default());
     loop {
         let result = instance(&spec, &mut rx, &mut ready, &bodies).await;
         let Err(e) = result else { return };
-        let e = format!("{e:?}");
-        tracing::error!(shard = index, "engine instance failed, replacing it: {e}");
-        *fault.lock().expect("lock") = e.lines().next().unwrap_or_default().to_owned();
+        let why = match e.downcast_ref::<wasmtime::Trap>() {
+            Some(trap) => trap.to_string(),
+            None => e.to_string(),
+        };
+        tracing::error!(shard = index, "engine instance failed, replacing it: {e:?}");
+        faults.send_modify(|(n, last)| {
+            *n += 1;
+            *last = why.clone();
+        });
         if let Some(ready) = ready.take() {
-            let _ = ready.send(Err(Error::Engine(e)));
+            let _ = ready.send(Err(Error::Engine(why)));
             return;
         }
     }
@@ -170,24 +186,31 @@ fn new_store(spec: &ShardSpec) -> Result<Store<HostState>> {
         .build();
     let mut store = Store::new(&rt.engine, HostState::new(limits));
     store.limiter(|state| &mut state.limits);
-    let ticks = Arc::clone(&rt.ticks);
-    store.call_hook(move |mut cx, hook| {
-        let now = ticks.load(std::sync::atomic::Ordering::Relaxed);
-        cx.data_mut().in_wasm_since = match hook {
-            CallHook::CallingWasm | CallHook::ReturningFromHost => Some(now),
-            CallHook::ReturningFromWasm | CallHook::CallingHost => None,
-        };
+    // A runaway call is wasm that runs on with no transition between wasm
+    // and host: the call hook counts transitions, and the epoch callback
+    // (invoked only while wasm runs) interrupts once the count has stood
+    // still for longer than the limit. The callback is itself a call into
+    // the host: its entry has been counted when it runs, and its return
+    // will be, so those two are left out.
+    store.call_hook(|mut cx, _| {
+        cx.data_mut().transitions += 1;
         Ok(())
     });
     let ticks = Arc::clone(&rt.ticks);
     let limit = spec.call_ticks;
     store.set_epoch_deadline(1);
-    store.epoch_deadline_callback(move |cx| {
+    store.epoch_deadline_callback(move |mut cx| {
         let now = ticks.load(std::sync::atomic::Ordering::Relaxed);
-        match cx.data().in_wasm_since {
-            Some(since) if now.saturating_sub(since) > limit => Ok(UpdateDeadline::Interrupt),
-            _ => Ok(UpdateDeadline::Continue(1)),
+        let state = cx.data_mut();
+        let before_this_call = state.transitions.wrapping_sub(1);
+        let (seen, since) = state.watchdog;
+        if seen == before_this_call && now.saturating_sub(since) > limit {
+            return Ok(UpdateDeadline::Interrupt);
         }
+        let since = if seen == before_this_call { since } else { now };
+        // What the count will be once this callback has returned.
+        state.watchdog = (state.transitions.wrapping_add(1), since);
+        Ok(UpdateDeadline::Continue(1))
     });
     Ok(store)
 }

@@ -80,6 +80,9 @@ impl Body for MockBody {
 
 type Entries = Rc<RefCell<HashMap<String, (Metadata, Vec<u8>)>>>;
 
+/// Jobs the engine submitted, run by hand.
+pub type Jobs = Rc<RefCell<VecDeque<(Job, Option<MockOrigin>)>>>;
+
 #[derive(Clone)]
 pub struct MockTier {
     pub name: String,
@@ -263,7 +266,7 @@ impl Origin for MockOrigin {
 pub struct MockRt {
     pub clock: Rc<Cell<u64>>,
     timers: Rc<RefCell<Vec<(u64, Waker)>>>,
-    pub jobs: Rc<RefCell<VecDeque<(Job, Option<MockOrigin>)>>>,
+    pub jobs: Jobs,
     pub queue_limit: Rc<Cell<usize>>,
     spawner: LocalSpawner,
 }

@@ -1,0 +1,648 @@
+//! The engine's behaviour end to end: every call goes through the real
+//! component running in wasmtime, over real memory tiers.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use common::*;
+use daramjwee::{Cache, ComponentSource, Error, Metadata, Source, Status, Tier, WorkerStrategy};
+use futures::StreamExt;
+use tokio::sync::mpsc;
+
+fn body(n: usize) -> Bytes {
+    (0..n)
+        .map(|i| (i * 7 % 251) as u8)
+        .collect::<Vec<u8>>()
+        .into()
+}
+
+#[tokio::test]
+async fn full_miss_then_hit_calls_the_origin_once() {
+    let (cache, tiers) = cache_with(2, |b| b).await;
+    let origin = Origin::new([Reply::Body("v1", body(10_000))]);
+    let r = cache.get("k", origin.clone()).await.unwrap();
+    assert_eq!((r.status, r.source), (Status::Ok, Source::Origin));
+    assert_eq!(read(r).await.unwrap(), body(10_000));
+    let r = cache.get("k", origin.clone()).await.unwrap();
+    assert_eq!((r.status, r.source), (Status::Ok, Source::Tier(0)));
+    assert_eq!(r.meta.tag, "v1");
+    assert_eq!(read(r).await.unwrap(), body(10_000));
+    assert_eq!(origin.calls(), 1);
+    assert!(
+        eventually(async || stat(&tiers[1], "k").await.is_some()).await,
+        "tier 1 is filled in the background"
+    );
+}
+
+#[tokio::test]
+async fn lower_tier_hit_promotes_while_streaming() {
+    let (cache, tiers) = cache_with(3, |b| b).await;
+    let cached_at = SystemTime::now() - Duration::from_secs(5);
+    let meta = Metadata {
+        tag: "cold".into(),
+        cached_at: Some(cached_at),
+        ..Metadata::default()
+    };
+    put(&tiers[2], "k", meta, &body(300_000)).await;
+    let origin = Origin::new([]);
+    let r = cache.get("k", origin.clone()).await.unwrap();
+    assert_eq!(r.source, Source::Tier(2));
+    assert_eq!(read(r).await.unwrap(), body(300_000));
+    let promoted = stat(&tiers[0], "k")
+        .await
+        .expect("promoted to tier 0 by the time the body ended");
+    assert_eq!(promoted.tag, "cold");
+    let kept = promoted
+        .cached_at
+        .unwrap()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    assert_eq!(
+        kept,
+        cached_at
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+        "cached-at is kept"
+    );
+    assert!(
+        eventually(async || stat(&tiers[1], "k").await.is_some()).await,
+        "tier 1 filled after tier 0"
+    );
+    let r = cache.get("k", origin.clone()).await.unwrap();
+    assert_eq!(r.source, Source::Tier(0));
+    assert_eq!(origin.calls(), 0);
+}
+
+#[tokio::test]
+async fn stale_hit_is_served_at_once_and_refreshed_once_in_the_background() {
+    let (cache, tiers) = cache_with(1, |b| b.fresh_for(Duration::from_millis(500))).await;
+    let origin = Origin::new([
+        Reply::Body("v1", Bytes::from("old")),
+        Reply::Body("v2", Bytes::from("new")),
+    ])
+    .delayed(Duration::from_millis(50));
+    read(cache.get("k", origin.clone()).await.unwrap())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let mut stale = Vec::new();
+    for _ in 0..10 {
+        let (cache, origin) = (cache.clone(), origin.clone());
+        stale.push(tokio::spawn(async move {
+            let r = cache.get("k", origin).await.unwrap();
+            (r.stale, read(r).await.unwrap())
+        }));
+    }
+    for task in stale {
+        assert_eq!(
+            task.await.unwrap(),
+            (true, Bytes::from("old")),
+            "stale served at once"
+        );
+    }
+    assert!(eventually(async || stat(&tiers[0], "k").await.is_some_and(|m| m.tag == "v2")).await);
+    assert_eq!(origin.calls(), 2, "ten stale hits, one refresh");
+    assert_eq!(
+        origin.held.lock().unwrap()[1].as_ref().unwrap().tag,
+        "v1",
+        "the refresh tells the origin what we hold"
+    );
+    let r = cache.get("k", origin.clone()).await.unwrap();
+    assert!(!r.stale);
+    assert_eq!(read(r).await.unwrap(), Bytes::from("new"));
+}
+
+#[tokio::test]
+async fn negative_entry_is_served_until_its_window_expires_then_refetched() {
+    let (cache, _tiers) = cache_with(1, |b| b.negative_fresh_for(Duration::from_millis(300))).await;
+    let origin = Origin::new([Reply::NotFound, Reply::Body("v", Bytes::from("exists now"))]);
+    assert_eq!(
+        cache.get("k", origin.clone()).await.unwrap().status,
+        Status::NotFound
+    );
+    let r = cache.get("k", origin.clone()).await.unwrap();
+    assert_eq!(
+        (r.status, r.source, r.stale),
+        (Status::NotFound, Source::Tier(0), false)
+    );
+    assert!(r.meta.negative);
+    assert_eq!(origin.calls(), 1);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let r = cache.get("k", origin.clone()).await.unwrap();
+    assert_eq!(r.status, Status::NotFound);
+    assert!(
+        r.stale,
+        "an expired negative entry is served stale and refreshed"
+    );
+    assert!(eventually(async || origin.calls() == 2).await);
+    assert!(
+        eventually(async || {
+            let r = cache.get("k", origin.clone()).await.unwrap();
+            r.status == Status::Ok && read(r).await.unwrap() == "exists now"
+        })
+        .await
+    );
+}
+
+#[tokio::test]
+async fn if_none_match_answers_not_modified_without_a_body() {
+    let (cache, tiers) = cache_with(1, |b| b).await;
+    let origin = Origin::new([Reply::Body("v7", Bytes::from("body"))]);
+    // On a miss too: the fetched tag matches, the entry is still stored.
+    let r = cache
+        .get_if_none_match("k", Some("\"v7\""), origin.clone())
+        .await
+        .unwrap();
+    assert_eq!(r.status, Status::NotModified);
+    assert!(r.body.is_none());
+    assert!(
+        eventually(async || stat(&tiers[0], "k").await.is_some()).await,
+        "the fill was stored"
+    );
+    for header in ["\"v7\"", "W/\"v7\"", "\"x\", \"v7\"", "*"] {
+        let r = cache
+            .get_if_none_match("k", Some(header), origin.clone())
+            .await
+            .unwrap();
+        assert_eq!(
+            (r.status, r.source),
+            (Status::NotModified, Source::Tier(0)),
+            "{header}"
+        );
+        assert!(r.body.is_none());
+    }
+    let r = cache
+        .get_if_none_match("k", Some("\"v8\""), origin.clone())
+        .await
+        .unwrap();
+    assert_eq!(read(r).await.unwrap(), Bytes::from("body"));
+    assert_eq!(origin.calls(), 1);
+}
+
+fn expired(tag: &str) -> Metadata {
+    Metadata {
+        tag: tag.into(),
+        cached_at: Some(SystemTime::now() - Duration::from_secs(3600)),
+        stale_for: Some(Duration::ZERO),
+        ..Metadata::default()
+    }
+}
+
+#[tokio::test]
+async fn origin_not_modified_reserves_our_copy_with_a_new_timestamp() {
+    let (cache, tiers) = cache_with(2, |b| b).await;
+    put(&tiers[1], "k", expired("v1"), b"our copy").await;
+    let origin = Origin::new([Reply::NotModified]);
+    let r = cache.get("k", origin.clone()).await.unwrap();
+    assert_eq!((r.status, r.source), (Status::Ok, Source::Tier(1)));
+    assert_eq!(read(r).await.unwrap(), Bytes::from("our copy"));
+    assert_eq!(origin.held.lock().unwrap()[0].as_ref().unwrap().tag, "v1");
+    let restamped = stat(&tiers[0], "k").await.expect("written back to tier 0");
+    assert!(restamped.cached_at.unwrap().elapsed().unwrap() < Duration::from_secs(60));
+    let r = cache.get("k", origin.clone()).await.unwrap();
+    assert_eq!((r.source, r.stale), (Source::Tier(0), false));
+    assert_eq!(origin.calls(), 1);
+}
+
+#[tokio::test]
+async fn origin_not_modified_after_our_copy_was_evicted_is_not_found() {
+    let (cache, tiers) = cache_with(1, |b| b).await;
+    put(&tiers[0], "k", expired("v1"), b"about to go").await;
+    let tier = tiers[0].clone();
+    // The copy is evicted while the origin decides.
+    let origin = Origin::new([Reply::NotModified]).before_answer(move || {
+        let tier = tier.clone();
+        futures::executor::block_on(async move { tier.delete("k").await.unwrap() });
+    });
+    let r = cache.get("k", origin).await.unwrap();
+    assert_eq!(r.status, Status::NotFound);
+    assert!(r.body.is_none(), "never garbage");
+}
+
+#[tokio::test]
+async fn origin_error_is_returned_and_never_cached() {
+    let (cache, tiers) = cache_with(2, |b| b).await;
+    let origin = Origin::new([Reply::Fail, Reply::Body("v", Bytes::from("ok"))]);
+    assert!(matches!(
+        cache.get("k", origin.clone()).await,
+        Err(Error::Origin(_))
+    ));
+    assert!(stat(&tiers[0], "k").await.is_none() && stat(&tiers[1], "k").await.is_none());
+    assert_eq!(
+        read(cache.get("k", origin.clone()).await.unwrap())
+            .await
+            .unwrap(),
+        Bytes::from("ok")
+    );
+    assert_eq!(origin.calls(), 2);
+}
+
+#[tokio::test]
+async fn panicking_fetcher_is_an_origin_error_and_the_host_lives_on() {
+    let (cache, _tiers) = cache_with(1, |b| b).await;
+    let origin = Origin::new([Reply::Panic, Reply::Body("v", Bytes::from("fine"))]);
+    assert!(matches!(
+        cache.get("k", origin.clone()).await,
+        Err(Error::Origin(_))
+    ));
+    assert_eq!(
+        read(cache.get("k", origin).await.unwrap()).await.unwrap(),
+        Bytes::from("fine")
+    );
+}
+
+#[tokio::test]
+async fn body_that_breaks_off_reports_an_error_and_is_not_cached() {
+    let (cache, tiers) = cache_with(1, |b| b).await;
+    let (tx, rx) = mpsc::channel(4);
+    let origin = Origin::new([Reply::Streamed("v", rx)]);
+    let r = cache.get("k", origin).await.unwrap();
+    tx.send(Ok(Bytes::from("first part"))).await.unwrap();
+    tx.send(Err(Error::Origin("connection reset".into())))
+        .await
+        .unwrap();
+    drop(tx);
+    assert!(read(r).await.is_err());
+    assert!(stat(&tiers[0], "k").await.is_none());
+}
+
+#[tokio::test]
+async fn reader_that_stops_half_way_publishes_nothing() {
+    let (cache, tiers) = cache_with(1, |b| b).await;
+    let (tx, rx) = mpsc::channel(4);
+    let origin = Origin::new([
+        Reply::Streamed("v", rx),
+        Reply::Body("v", Bytes::from("again")),
+    ]);
+    let r = cache.get("k", origin.clone()).await.unwrap();
+    let mut body = r.body.unwrap();
+    tx.send(Ok(body_chunk())).await.unwrap();
+    assert!(body.next().await.unwrap().is_ok());
+    drop(body);
+    // The origin finishes the body after the reader left.
+    for _ in 0..3 {
+        let _ = tx.send(Ok(body_chunk())).await;
+    }
+    drop(tx);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        stat(&tiers[0], "k").await.is_none(),
+        "nothing partial, nothing unread is published"
+    );
+    assert_eq!(
+        read(cache.get("k", origin.clone()).await.unwrap())
+            .await
+            .unwrap(),
+        Bytes::from("again")
+    );
+    assert_eq!(origin.calls(), 2);
+}
+
+fn body_chunk() -> Bytes {
+    Bytes::from(vec![42u8; 64 * 1024])
+}
+
+#[tokio::test]
+async fn hundred_and_fifty_concurrent_misses_fetch_once_and_share_the_bytes() {
+    let (cache, tiers) = cache_with(2, |b| b).await;
+    let data = body(1 << 20);
+    let origin = Origin::new([Reply::Body("v", data.clone())]).delayed(Duration::from_millis(200));
+    let barrier = Arc::new(tokio::sync::Barrier::new(150));
+    let mut readers = Vec::new();
+    for _ in 0..150 {
+        let (cache, origin, barrier) = (cache.clone(), origin.clone(), Arc::clone(&barrier));
+        readers.push(tokio::spawn(async move {
+            barrier.wait().await;
+            read(cache.get("thundering-herd", origin).await?).await
+        }));
+    }
+    for reader in readers {
+        assert_eq!(
+            reader.await.unwrap().unwrap(),
+            data,
+            "every reader gets the full, identical body"
+        );
+    }
+    assert_eq!(origin.calls(), 1);
+    assert_eq!(stat(&tiers[0], "thundering-herd").await.unwrap().tag, "v");
+}
+
+#[tokio::test]
+async fn delete_during_an_inflight_fill_wins() {
+    let (cache, tiers) = cache_with(2, |b| b).await;
+    let (tx, rx) = mpsc::channel(4);
+    let origin = Origin::new([Reply::Streamed("old", rx)]);
+    let r = cache.get("k", origin).await.unwrap();
+    tx.send(Ok(Bytes::from("old "))).await.unwrap();
+    let reader = tokio::spawn(read(r));
+    cache.delete("k").await.unwrap();
+    tx.send(Ok(Bytes::from("body"))).await.unwrap();
+    drop(tx);
+    assert_eq!(
+        reader.await.unwrap().unwrap(),
+        Bytes::from("old body"),
+        "the reader still gets its bytes"
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(stat(&tiers[0], "k").await.is_none() && stat(&tiers[1], "k").await.is_none());
+}
+
+#[tokio::test]
+async fn set_during_an_inflight_fill_wins() {
+    let (cache, tiers) = cache_with(1, |b| b).await;
+    let (tx, rx) = mpsc::channel(4);
+    let origin = Origin::new([Reply::Streamed("old", rx)]);
+    let r = cache.get("k", origin).await.unwrap();
+    tx.send(Ok(Bytes::from("old "))).await.unwrap();
+    let reader = tokio::spawn(read(r));
+    let mut writer = cache.set("k", Metadata::tagged("new")).await.unwrap();
+    writer.write("new body").await.unwrap();
+    writer.commit().await.unwrap();
+    tx.send(Ok(Bytes::from("body"))).await.unwrap();
+    drop(tx);
+    assert_eq!(reader.await.unwrap().unwrap(), Bytes::from("old body"));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(stat(&tiers[0], "k").await.unwrap().tag, "new");
+    let r = cache.get("k", Origin::new([])).await.unwrap();
+    assert_eq!(read(r).await.unwrap(), Bytes::from("new body"));
+}
+
+#[tokio::test]
+async fn set_overtaken_by_a_later_set_reports_invalidated_and_a_dropped_writer_aborts() {
+    let (cache, tiers) = cache_with(2, |b| b).await;
+    let mut first = cache.set("k", Metadata::tagged("first")).await.unwrap();
+    first.write("first").await.unwrap();
+    let mut second = cache.set("k", Metadata::tagged("second")).await.unwrap();
+    second.write("second").await.unwrap();
+    second.commit().await.unwrap();
+    assert_eq!(first.commit().await, Err(Error::Invalidated));
+    assert_eq!(stat(&tiers[0], "k").await.unwrap().tag, "second");
+    assert!(
+        eventually(async || stat(&tiers[1], "k")
+            .await
+            .is_some_and(|m| m.tag == "second"))
+        .await
+    );
+    let mut dropped = cache.set("other", Metadata::default()).await.unwrap();
+    dropped.write("never").await.unwrap();
+    drop(dropped);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(stat(&tiers[0], "other").await.is_none());
+}
+
+#[tokio::test]
+async fn delete_removes_the_key_from_every_tier() {
+    let (cache, tiers) = cache_with(3, |b| b).await;
+    for tier in &tiers {
+        put(tier, "k", Metadata::tagged("v"), b"x").await;
+    }
+    cache.delete("k").await.unwrap();
+    for tier in &tiers {
+        assert!(stat(tier, "k").await.is_none());
+    }
+}
+
+#[tokio::test]
+async fn close_refuses_new_calls_but_open_bodies_stay_readable() {
+    let (cache, _tiers) = cache_with(1, |b| b).await;
+    let (tx, rx) = mpsc::channel(4);
+    let origin = Origin::new([Reply::Streamed("v", rx)]);
+    let r = cache.get("k", origin.clone()).await.unwrap();
+    cache.close().await;
+    cache.close().await;
+    assert!(matches!(
+        cache.get("k", origin.clone()).await,
+        Err(Error::Closed)
+    ));
+    assert!(matches!(
+        cache.set("k", Metadata::default()).await,
+        Err(Error::Closed)
+    ));
+    assert_eq!(cache.delete("k").await, Err(Error::Closed));
+    assert_eq!(
+        cache.schedule_refresh("k", origin).await,
+        Err(Error::Closed)
+    );
+    tx.send(Ok(Bytes::from("still "))).await.unwrap();
+    tx.send(Ok(Bytes::from("readable"))).await.unwrap();
+    drop(tx);
+    assert_eq!(read(r).await.unwrap(), Bytes::from("still readable"));
+}
+
+#[tokio::test]
+async fn schedule_refresh_fills_the_cache_and_reports_a_full_queue() {
+    let (cache, tiers) = cache_with(1, |b| {
+        b.workers(WorkerStrategy::Pool {
+            workers: 1,
+            queue: 1,
+        })
+    })
+    .await;
+    let origin = Origin::new([Reply::Body("v", Bytes::from("refreshed"))]);
+    cache.schedule_refresh("k", origin).await.unwrap();
+    assert!(eventually(async || stat(&tiers[0], "k").await.is_some()).await);
+    // A slow origin holds the one worker; the queue of one then fills.
+    let slow = Origin::new([]).delayed(Duration::from_secs(2));
+    let mut refused = None;
+    for i in 0..5 {
+        if let Err(e) = cache
+            .schedule_refresh(&format!("slow{i}"), slow.clone())
+            .await
+        {
+            refused = Some(e);
+            break;
+        }
+    }
+    assert_eq!(refused, Some(Error::Busy));
+}
+
+#[tokio::test]
+async fn invalid_keys_are_refused() {
+    let (cache, _tiers) = cache_with(1, |b| b.max_key_len(16)).await;
+    assert!(matches!(
+        cache.get("", Origin::new([])).await,
+        Err(Error::InvalidKey(_))
+    ));
+    assert!(matches!(
+        cache.get(&"x".repeat(17), Origin::new([])).await,
+        Err(Error::InvalidKey(_))
+    ));
+    assert!(matches!(
+        cache.set("", Metadata::default()).await,
+        Err(Error::InvalidKey(_))
+    ));
+}
+
+#[tokio::test]
+async fn every_bad_setting_is_an_error_naming_it() {
+    async fn rejects(builder: daramjwee::CacheBuilder, option: &str) {
+        match builder.build().await {
+            Err(Error::InvalidConfig(why)) => assert!(why.starts_with(option), "{option}: {why}"),
+            Err(other) => panic!("{option}: expected invalid-config, got {other:?}"),
+            Ok(_) => panic!("{option}: expected invalid-config, got a cache"),
+        }
+    }
+    let mem = |name: &str| daramjwee::MemoryStore::new(name);
+    rejects(Cache::builder(), "tiers").await;
+    rejects(Cache::builder().tier(mem("a")).tier(mem("a")), "tiers").await;
+    rejects(
+        Cache::builder()
+            .tier(mem("a"))
+            .operation_timeout(Duration::ZERO),
+        "operation-timeout",
+    )
+    .await;
+    rejects(
+        Cache::builder().tier(mem("a")).max_key_len(0),
+        "max-key-len",
+    )
+    .await;
+    rejects(
+        Cache::builder()
+            .tier(mem("a"))
+            .tier_freshness(1, None, None),
+        "tier-freshness",
+    )
+    .await;
+    rejects(Cache::builder().tier(mem("a")).shards(0), "shards").await;
+    rejects(
+        Cache::builder()
+            .tier(mem("a"))
+            .workers(WorkerStrategy::Pool {
+                workers: 0,
+                queue: 1,
+            }),
+        "workers",
+    )
+    .await;
+    rejects(
+        Cache::builder()
+            .tier(mem("a"))
+            .workers(WorkerStrategy::Pool {
+                workers: 1,
+                queue: 0,
+            }),
+        "queue-size",
+    )
+    .await;
+    rejects(
+        Cache::builder().tier(mem("a")).job_timeout(Duration::ZERO),
+        "job-timeout",
+    )
+    .await;
+    rejects(
+        Cache::builder()
+            .tier(mem("a"))
+            .shutdown_timeout(Duration::ZERO),
+        "shutdown-timeout",
+    )
+    .await;
+    rejects(
+        Cache::builder().tier(mem("a")).memory_limit(1 << 20),
+        "memory-limit",
+    )
+    .await;
+    rejects(
+        Cache::builder()
+            .tier(mem("a"))
+            .call_time_limit(Duration::ZERO),
+        "call-time-limit",
+    )
+    .await;
+    rejects(
+        Cache::builder()
+            .tier(mem("a"))
+            .component(ComponentSource::Bytes(Arc::from(&b"not wasm"[..]))),
+        "component",
+    )
+    .await;
+}
+
+async fn faulty_cache(
+    configure: impl FnOnce(daramjwee::CacheBuilder) -> daramjwee::CacheBuilder,
+) -> Cache {
+    let component = ComponentSource::Bytes(Arc::from(daramjwee::FAULTY_COMPONENT));
+    let builder = Cache::builder()
+        .tier(daramjwee::MemoryStore::new("m"))
+        .shards(1)
+        .component(component);
+    configure(builder).build().await.unwrap()
+}
+
+#[tokio::test]
+async fn a_trapping_guest_call_fails_that_request_and_the_instance_is_replaced() {
+    let cache = faulty_cache(|b| b).await;
+    // Cached before the fault: tiers live in the host and survive it.
+    let origin = Origin::new([Reply::Body("v", Bytes::from("survives"))]);
+    read(cache.get("k", origin.clone()).await.unwrap())
+        .await
+        .unwrap();
+    let fault = cache.get("fault:trap", Origin::new([])).await;
+    assert!(
+        matches!(&fault, Err(Error::Engine(why)) if why.contains("unreachable")),
+        "{fault:?}"
+    );
+    let r = cache.get("k", origin.clone()).await.unwrap();
+    assert_eq!(read(r).await.unwrap(), Bytes::from("survives"));
+    assert_eq!(origin.calls(), 1);
+}
+
+#[tokio::test]
+async fn a_looping_guest_call_is_interrupted() {
+    let cache = faulty_cache(|b| b.call_time_limit(Duration::from_millis(200))).await;
+    let fault = cache.get("fault:loop", Origin::new([])).await;
+    assert!(
+        matches!(&fault, Err(Error::Engine(why)) if why.contains("interrupt")),
+        "{fault:?}"
+    );
+    let r = cache
+        .get("k", Origin::new([Reply::Body("v", Bytes::from("alive"))]))
+        .await
+        .unwrap();
+    assert_eq!(read(r).await.unwrap(), Bytes::from("alive"));
+}
+
+#[tokio::test]
+async fn a_guest_exhausting_its_memory_is_stopped_at_the_cap() {
+    let cache = faulty_cache(|b| b.memory_limit(64 << 20)).await;
+    let fault = cache.get("fault:oom", Origin::new([])).await;
+    assert!(matches!(fault, Err(Error::Engine(_))), "{fault:?}");
+    let r = cache
+        .get("k", Origin::new([Reply::Body("v", Bytes::from("alive"))]))
+        .await
+        .unwrap();
+    assert_eq!(read(r).await.unwrap(), Bytes::from("alive"));
+}
+
+#[tokio::test]
+async fn a_large_body_streams_through_in_chunks() {
+    let (cache, _tiers) = cache_with(1, |b| b).await;
+    let (tx, rx) = mpsc::channel(2);
+    let origin = Origin::new([Reply::Streamed("big", rx)]);
+    let r = cache.get("big", origin).await.unwrap();
+    let producer = tokio::spawn(async move {
+        for i in 0..256u32 {
+            tx.send(Ok(Bytes::from(vec![(i % 256) as u8; 64 * 1024])))
+                .await
+                .unwrap();
+        }
+    });
+    let mut body = r.body.unwrap();
+    let (mut total, mut chunks) = (0usize, 0usize);
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.unwrap();
+        total += chunk.len();
+        chunks += 1;
+    }
+    producer.await.unwrap();
+    assert_eq!(total, 16 << 20);
+    assert!(
+        chunks >= 256,
+        "streamed in pieces, never as one buffer ({chunks} chunks)"
+    );
+}
