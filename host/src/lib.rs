@@ -35,6 +35,7 @@ mod fetcher;
 mod imports;
 mod memory;
 mod meta;
+mod object;
 mod pool;
 mod shard;
 mod tier;
@@ -48,6 +49,7 @@ pub use error::{Error, Result};
 pub use fetcher::{FetchResult, Fetcher};
 pub use memory::MemoryStore;
 pub use meta::Metadata;
+pub use object::{MetadataPlacement, ObjectStoreTier};
 pub use pool::{PoolStats, WorkerStrategy};
 pub use tier::{ByteStream, Tier, TierEntry, TierSink};
 
