@@ -82,7 +82,7 @@ impl Hosted {
         let mut body = response.body.expect("a body");
         let mut n = 0;
         while let Some(chunk) = body.next().await {
-            n += chunk.expect("chunk").len();
+            n += black_box(chunk.expect("chunk")).len();
         }
         n
     }
@@ -290,12 +290,12 @@ impl Native {
         match response.body.expect("a body") {
             native::ResponseBody::Direct { mut body, .. } => {
                 while let Some(chunk) = native::Body::next(&mut body).await {
-                    n += chunk.expect("chunk").len();
+                    n += black_box(chunk.expect("chunk")).len();
                 }
             }
             native::ResponseBody::Fill(mut reader) => {
                 while let Some(chunk) = reader.next().await {
-                    n += chunk.expect("chunk").len();
+                    n += black_box(chunk.expect("chunk")).len();
                 }
             }
         }

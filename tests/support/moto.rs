@@ -33,13 +33,19 @@ impl Moto {
             .port();
         let log = std::env::temp_dir().join(format!("moto-{}-{port}.log", std::process::id()));
         let log_file = std::fs::File::create(&log).expect("moto log file");
-        // The shell stops moto when its stdin closes, so no server outlives
+        // The shell installs moto with pip when it is missing (so the tests
+        // run on a fresh machine), stops moto when its stdin closes, so no server outlives
         // the process that started it, and exits with moto's status when
         // moto fails to start.
         // (A background job's stdin is /dev/null, hence the copy on fd 3.)
         let script = r#"
             exec 3<&0
-            moto_server -H 127.0.0.1 -p "$0" <&- & pid=$!
+            if ! python3 -c 'import moto.server, flask' 2>/dev/null; then
+                echo "moto[server] is missing: installing it with pip" >&2
+                flock "${TMPDIR:-/tmp}/daramjwee-moto-install.lock" \
+                    python3 -m pip install --quiet 'moto[server]' >&2 <&-
+            fi
+            python3 -m moto.server -H 127.0.0.1 -p "$0" <&- & pid=$!
             ( read -r _ <&3; kill "$pid" 2>/dev/null ) &
             wait "$pid"
         "#;
