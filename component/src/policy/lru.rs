@@ -1,24 +1,32 @@
 //! Least recently used: a hit moves the key to the head, victims leave from
 //! the tail.
 
-use std::hash::Hash;
+use std::hash::{BuildHasher, Hash, RandomState};
 
 use super::Policy;
 use super::table::{List, NIL, Table};
 
 /// Least-recently-used eviction over a byte capacity.
-pub struct Lru<K> {
+pub struct Lru<K, S = RandomState> {
     capacity: u64,
-    table: Table<K>,
+    table: Table<K, S>,
     queue: List,
 }
 
 impl<K: Hash + Eq + Clone> Lru<K> {
     /// An empty LRU over `capacity` bytes.
     pub fn new(capacity: u64) -> Self {
+        Lru::with_hasher(capacity, RandomState::new())
+    }
+}
+
+impl<K: Hash + Eq + Clone, S: BuildHasher> Lru<K, S> {
+    /// An empty LRU over `capacity` bytes that hashes keys with
+    /// `hasher` (see [`PolicyKind::build_with_hasher`](super::PolicyKind::build_with_hasher)).
+    pub fn with_hasher(capacity: u64, hasher: S) -> Self {
         Lru {
             capacity,
-            table: Table::new(),
+            table: Table::with_hasher(hasher),
             queue: List::new(),
         }
     }
@@ -30,7 +38,7 @@ impl<K: Hash + Eq + Clone> Lru<K> {
     }
 }
 
-impl<K: Hash + Eq + Clone + Send> Policy<K> for Lru<K> {
+impl<K: Hash + Eq + Clone + Send, S: BuildHasher + Send> Policy<K> for Lru<K, S> {
     fn insert(&mut self, key: K, size: u64, evicted: &mut Vec<K>) {
         let hash = self.table.hash(&key);
         let tracked = self.table.find(hash, &key);

@@ -10,10 +10,14 @@
 //! Each policy keeps its keys in a slab of nodes linked into queues by
 //! index, found through a hash index, so every operation is O(1)
 //! (amortised for the CLOCK-style passes of S3-FIFO and SIEVE) and nothing
-//! allocates once the cache is warm.
+//! allocates once the cache is warm. Keys are hashed with std's keyed
+//! SipHash by default, so clients choosing keys cannot force collisions;
+//! on large tables that hashing is a good part of the cost of a request,
+//! and [`PolicyKind::build_with_hasher`] lets a caller whose keys are not
+//! adversarial choose a faster hash.
 
 use std::fmt;
-use std::hash::Hash;
+use std::hash::{BuildHasher, Hash, RandomState};
 use std::str::FromStr;
 
 use crate::Error;
@@ -77,10 +81,20 @@ impl PolicyKind {
     /// be positive (a store with no bound uses no policy); with 0 nothing of
     /// positive size is admitted.
     pub fn build<K: Hash + Eq + Clone + Send + 'static>(self, capacity: u64) -> Box<dyn Policy<K>> {
+        self.build_with_hasher(capacity, RandomState::new())
+    }
+
+    /// Like [`build`](Self::build), hashing keys with `hasher` instead of
+    /// std's DoS-resistant default.
+    pub fn build_with_hasher<K, S>(self, capacity: u64, hasher: S) -> Box<dyn Policy<K>>
+    where
+        K: Hash + Eq + Clone + Send + 'static,
+        S: BuildHasher + Send + 'static,
+    {
         match self {
-            PolicyKind::Lru => Box::new(Lru::new(capacity)),
-            PolicyKind::S3Fifo => Box::new(S3Fifo::new(capacity)),
-            PolicyKind::Sieve => Box::new(Sieve::new(capacity)),
+            PolicyKind::Lru => Box::new(Lru::with_hasher(capacity, hasher)),
+            PolicyKind::S3Fifo => Box::new(S3Fifo::with_hasher(capacity, hasher)),
+            PolicyKind::Sieve => Box::new(Sieve::with_hasher(capacity, hasher)),
         }
     }
 
@@ -155,6 +169,43 @@ mod tests {
             assert!(drained > 0, "{kind}");
             assert_eq!((policy.len(), policy.used()), (0, 0), "{kind}");
             assert!(policy.is_empty());
+        }
+    }
+
+    #[test]
+    fn any_hasher_gives_the_same_decisions() {
+        #[derive(Default)]
+        struct Weak(u64);
+        impl std::hash::Hasher for Weak {
+            fn write(&mut self, bytes: &[u8]) {
+                for &b in bytes {
+                    self.0 = self.0.wrapping_mul(31).wrapping_add(u64::from(b));
+                }
+            }
+            fn finish(&self) -> u64 {
+                // Few distinct hashes, so keys collide often.
+                self.0 % 13
+            }
+        }
+        for kind in PolicyKind::ALL {
+            let mut std = kind.build::<u32>(50);
+            let mut weak = kind
+                .build_with_hasher::<u32, _>(50, std::hash::BuildHasherDefault::<Weak>::default());
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            for i in 0..5_000u32 {
+                let key = (i * 7919) % 211 % (1 + i % 97);
+                let hit = std.touch(&key);
+                assert_eq!(weak.touch(&key), hit, "{kind}");
+                if !hit {
+                    std.insert(key, u64::from(key % 3 + 1), &mut a);
+                    weak.insert(key, u64::from(key % 3 + 1), &mut b);
+                }
+                if i % 101 == 0 {
+                    assert_eq!(std.remove(&(i % 50)), weak.remove(&(i % 50)), "{kind}");
+                }
+                assert_eq!(a, b, "{kind}");
+                assert_eq!((std.len(), std.used()), (weak.len(), weak.used()), "{kind}");
+            }
         }
     }
 

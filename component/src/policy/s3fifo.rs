@@ -26,7 +26,7 @@
 //!   libCacheSim makes room before refusing a key of exactly the small
 //!   queue's size; here it is refused before anything is evicted.
 
-use std::hash::Hash;
+use std::hash::{BuildHasher, Hash, RandomState};
 
 use super::Policy;
 use super::table::{List, NIL, Table};
@@ -41,12 +41,12 @@ const MAX_FREQ: u8 = 3;
 const MOVE_TO_MAIN: u8 = 2;
 
 /// S3-FIFO eviction over a byte capacity.
-pub struct S3Fifo<K> {
+pub struct S3Fifo<K, S = RandomState> {
     capacity: u64,
     small_capacity: u64,
     main_capacity: u64,
     ghost_capacity: u64,
-    table: Table<K>,
+    table: Table<K, S>,
     /// Indexed by `SMALL`, `MAIN`, `GHOST`.
     queues: [List; 3],
     has_evicted: bool,
@@ -55,6 +55,14 @@ pub struct S3Fifo<K> {
 impl<K: Hash + Eq + Clone> S3Fifo<K> {
     /// An empty S3-FIFO over `capacity` bytes.
     pub fn new(capacity: u64) -> Self {
+        S3Fifo::with_hasher(capacity, RandomState::new())
+    }
+}
+
+impl<K: Hash + Eq + Clone, S: BuildHasher> S3Fifo<K, S> {
+    /// An empty S3-FIFO over `capacity` bytes that hashes keys with
+    /// `hasher` (see [`PolicyKind::build_with_hasher`](super::PolicyKind::build_with_hasher)).
+    pub fn with_hasher(capacity: u64, hasher: S) -> Self {
         // Float arithmetic as in libCacheSim, so the shares round alike.
         let small_capacity = (capacity as f64 * 0.1) as u64;
         let ghost_capacity = (capacity as f64 * 0.9) as u64;
@@ -63,7 +71,7 @@ impl<K: Hash + Eq + Clone> S3Fifo<K> {
             small_capacity,
             main_capacity: capacity - small_capacity,
             ghost_capacity,
-            table: Table::new(),
+            table: Table::with_hasher(hasher),
             queues: [List::new(); 3],
             has_evicted: false,
         }
@@ -166,7 +174,7 @@ impl<K: Hash + Eq + Clone> S3Fifo<K> {
     }
 }
 
-impl<K: Hash + Eq + Clone + Send> Policy<K> for S3Fifo<K> {
+impl<K: Hash + Eq + Clone + Send, S: BuildHasher + Send> Policy<K> for S3Fifo<K, S> {
     fn insert(&mut self, key: K, size: u64, evicted: &mut Vec<K>) {
         let hash = self.table.hash(&key);
         let found = self.table.find(hash, &key);

@@ -6,15 +6,15 @@
 //! after passing the head. New keys enter at the head. This follows
 //! libCacheSim's `Sieve`.
 
-use std::hash::Hash;
+use std::hash::{BuildHasher, Hash, RandomState};
 
 use super::Policy;
 use super::table::{List, NIL, Table};
 
 /// SIEVE eviction over a byte capacity.
-pub struct Sieve<K> {
+pub struct Sieve<K, S = RandomState> {
     capacity: u64,
-    table: Table<K>,
+    table: Table<K, S>,
     queue: List,
     /// Where the next eviction starts looking; `NIL` means the tail.
     hand: u32,
@@ -23,9 +23,17 @@ pub struct Sieve<K> {
 impl<K: Hash + Eq + Clone> Sieve<K> {
     /// An empty SIEVE over `capacity` bytes.
     pub fn new(capacity: u64) -> Self {
+        Sieve::with_hasher(capacity, RandomState::new())
+    }
+}
+
+impl<K: Hash + Eq + Clone, S: BuildHasher> Sieve<K, S> {
+    /// An empty SIEVE over `capacity` bytes that hashes keys with
+    /// `hasher` (see [`PolicyKind::build_with_hasher`](super::PolicyKind::build_with_hasher)).
+    pub fn with_hasher(capacity: u64, hasher: S) -> Self {
         Sieve {
             capacity,
-            table: Table::new(),
+            table: Table::with_hasher(hasher),
             queue: List::new(),
             hand: NIL,
         }
@@ -67,7 +75,7 @@ impl<K: Hash + Eq + Clone> Sieve<K> {
     }
 }
 
-impl<K: Hash + Eq + Clone + Send> Policy<K> for Sieve<K> {
+impl<K: Hash + Eq + Clone + Send, S: BuildHasher + Send> Policy<K> for Sieve<K, S> {
     fn insert(&mut self, key: K, size: u64, evicted: &mut Vec<K>) {
         let hash = self.table.hash(&key);
         let tracked = self.table.find(hash, &key);

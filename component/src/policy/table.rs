@@ -5,8 +5,8 @@
 //! its key's hash: the index maps a hash to a node (keys whose hashes
 //! collide are chained through the nodes), so dropping a victim never
 //! hashes its key again and a miss followed by an insert hashes the key
-//! only twice. The hash is std's keyed SipHash, so clients choosing keys
-//! cannot force collisions.
+//! only twice. The hash defaults to std's keyed SipHash, so clients
+//! choosing keys cannot force collisions.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher, RandomState};
@@ -64,6 +64,7 @@ pub(super) struct Table<K, S = RandomState> {
     hasher: S,
 }
 
+#[cfg(test)]
 impl<K: Hash + Eq> Table<K> {
     pub fn new() -> Self {
         Table::with_hasher(RandomState::new())
