@@ -5,8 +5,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
+use std::path::{Path, PathBuf};
+
 use clap::{Parser, Subcommand};
-use daramjwee::{Cache, FetchResult, Fetcher, MemoryStore, Metadata, Result};
+use daramjwee::{Cache, Error, FetchResult, Fetcher, MemoryStore, Metadata, Result};
+use daramjwee_component::policy::{PolicyKind, simulate};
 
 /// A stream-based hybrid cache whose rules run in a WebAssembly component.
 #[derive(Parser)]
@@ -28,6 +31,28 @@ enum Command {
         #[arg(long, default_value_t = 2)]
         hits: usize,
     },
+    /// Replay a trace through an eviction policy and print its miss ratio;
+    /// the last line is one JSON object.
+    Sim {
+        /// The policy: lru, s3fifo or sieve.
+        #[arg(long)]
+        policy: PolicyKind,
+        /// Cache size: objects when the trace has no sizes, bytes when
+        /// every line is `key,size`.
+        #[arg(long)]
+        capacity: u64,
+        /// The trace: one request per line, `key` or `key,size`.
+        trace: PathBuf,
+    },
+}
+
+fn sim(policy: PolicyKind, capacity: u64, trace: &Path) -> Result<()> {
+    let file = std::fs::File::open(trace)
+        .map_err(|e| Error::Other(format!("cannot open {}: {e}", trace.display())))?;
+    let report = simulate(policy, capacity, std::io::BufReader::new(file))
+        .map_err(|e| Error::Other(format!("{}: {e}", trace.display())))?;
+    println!("{}", report.to_json());
+    Ok(())
 }
 
 /// An origin that makes up a body and counts its calls.
@@ -79,22 +104,14 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("daramjwee: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let result = match Cli::parse().command {
+        Command::Demo { key, hits } => block_on(demo(&key, hits)),
+        Command::Sim {
+            policy,
+            capacity,
+            trace,
+        } => sim(policy, capacity, &trace),
     };
-    let result = runtime.block_on(async {
-        match cli.command {
-            Command::Demo { key, hits } => demo(&key, hits).await,
-        }
-    });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -102,4 +119,13 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Run `task` on a multi-threaded runtime.
+fn block_on(task: impl Future<Output = Result<()>>) -> Result<()> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Other(format!("cannot start the runtime: {e}")))?
+        .block_on(task)
 }
