@@ -42,9 +42,11 @@ mod tier;
 pub use body::Body;
 pub use cache::{Cache, CacheBuilder, GetResponse, Source, Status, Writer};
 pub use component::{ComponentSource, EMBEDDED_COMPONENT, default_compile_cache};
+/// Eviction policies, re-exported from the engine crate.
+pub use daramjwee_component::policy::PolicyKind;
 pub use error::{Error, Result};
 pub use fetcher::{FetchResult, Fetcher};
 pub use memory::MemoryStore;
 pub use meta::Metadata;
 pub use pool::{PoolStats, WorkerStrategy};
-pub use tier::{ByteStream, Tier, TierEntry, TierSink};
+pub use tier::{ByteStream, StoreStats, Tier, TierEntry, TierSink};
