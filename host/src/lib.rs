@@ -38,6 +38,7 @@ mod memory;
 mod meta;
 mod pool;
 mod shard;
+mod spec;
 mod tier;
 
 pub use body::Body;
@@ -51,4 +52,5 @@ pub use file::{FileStore, FileStoreBuilder, WriteMode};
 pub use memory::MemoryStore;
 pub use meta::Metadata;
 pub use pool::{PoolStats, WorkerStrategy};
+pub use spec::{DEFAULT_POLICY, TierSpec, parse_size};
 pub use tier::{ByteStream, StoreStats, Tier, TierEntry, TierSink};
