@@ -675,3 +675,34 @@ async fn file_store_errors_name_the_root() {
         "{text}"
     );
 }
+
+/// Entries whose pages are not in memory are read on the blocking pool;
+/// dropping a file's pages makes the inline read give way to it.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn cold_entries_read_whole() {
+    use rustix::fs::{Advice, fadvise};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = FileStore::open("file", dir.path()).expect("open");
+    let data = body(8, (3 << 20) + 5);
+    put(&store, "cold", rich_meta("c"), &data, 1 << 16).await;
+    let evict = || {
+        let file = fs::File::open(store.entry_path("cold")).expect("open");
+        // Only clean pages can be dropped.
+        file.sync_all().expect("sync");
+        fadvise(&file, 0, None, Advice::DontNeed).expect("fadvise");
+    };
+    evict();
+    assert_eq!(
+        store.stat("cold").await.expect("stat"),
+        Some(rich_meta("c"))
+    );
+    evict();
+    let (meta, got) = fetch(&store, "cold").await.expect("present");
+    assert_eq!((meta, got), (rich_meta("c"), data.clone()));
+    // Cold in the middle of the body: the first chunk comes from memory.
+    let entry = store.get("cold").await.expect("get").expect("present");
+    evict();
+    assert_eq!(read_all(entry).await, data);
+}
