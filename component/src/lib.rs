@@ -12,6 +12,7 @@ mod fill;
 mod freshness;
 mod generation;
 mod meta;
+pub mod policy;
 mod runtime;
 mod wait;
 

@@ -1,0 +1,132 @@
+//! Policy churn: the cost of one request (a hit touches, a miss inserts and
+//! evicts) against a policy at steady state, through the same
+//! `Box<dyn Policy>` the stores use. Criterion's "time" is per request.
+//!
+//! Two shapes: a large cache (2^20 keys, 2^17 cached) whose tables outgrow
+//! the CPU caches, and a small one (2^16 keys, 2^13 cached) that fits them.
+//! Each runs with the default (SipHash) policies and, suffixed `fxhash`,
+//! with a multiplicative hash, to show what hashing costs.
+//!
+//! `cargo bench -p daramjwee-component --bench policy`
+#![expect(missing_docs, reason = "criterion_group! makes an undocumented pub fn")]
+
+use std::hash::{BuildHasherDefault, Hasher};
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use daramjwee_component::policy::{Policy, PolicyKind};
+
+/// Requests in each precomputed stream, replayed cyclically.
+const STREAM: usize = 1 << 22;
+
+/// xorshift64*: enough randomness for a key stream, and deterministic.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// Zipf(alpha) ranks over `keys` keys, scattered over the key space so
+/// that popular keys are not neighbours.
+fn zipf_stream(keys: usize, alpha: f64, seed: u64) -> Vec<u64> {
+    let mut cdf = Vec::with_capacity(keys);
+    let mut total = 0.0;
+    for rank in 1..=keys {
+        total += (rank as f64).powf(-alpha);
+        cdf.push(total);
+    }
+    let mut rng = Rng(seed);
+    (0..STREAM)
+        .map(|_| {
+            let u = rng.unit() * total;
+            let rank = cdf.partition_point(|&c| c < u) as u64;
+            rank.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        })
+        .collect()
+}
+
+/// FxHash-style: one multiply per word. Fast, but not keyed.
+#[derive(Default)]
+struct FxHasher(u64);
+
+impl Hasher for FxHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x517C_C1B7_2722_0A95);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// One request as the stores and the simulator make it.
+fn request(policy: &mut dyn Policy<u64>, key: u64, evicted: &mut Vec<u64>) -> bool {
+    if policy.touch(&key) {
+        return true;
+    }
+    policy.insert(key, 1, evicted);
+    evicted.clear();
+    false
+}
+
+fn churn(c: &mut Criterion) {
+    let mut group = c.benchmark_group("policy-churn");
+    group.warm_up_time(Duration::from_secs(1));
+    group.measurement_time(Duration::from_secs(3));
+    for (shape, keys, capacity) in [("large", 1 << 20, 1 << 17), ("small", 1 << 16, 1 << 13)] {
+        for alpha in [0.8, 1.0] {
+            let stream = zipf_stream(keys, alpha, 0x5EED);
+            for kind in PolicyKind::ALL {
+                for hash in ["", "/fxhash"] {
+                    let mut policy = if hash.is_empty() {
+                        kind.build::<u64>(capacity)
+                    } else {
+                        kind.build_with_hasher(capacity, BuildHasherDefault::<FxHasher>::default())
+                    };
+                    let mut evicted = Vec::new();
+                    // Warm up to steady state, then note the mix for the reader.
+                    for &key in &stream {
+                        request(policy.as_mut(), key, &mut evicted);
+                    }
+                    let hits = stream
+                        .iter()
+                        .filter(|&&k| request(policy.as_mut(), k, &mut evicted))
+                        .count();
+                    let name = format!("{kind}/{shape}/zipf-{alpha}{hash}");
+                    eprintln!(
+                        "{name}: {keys} keys, capacity {capacity}, hit ratio {:.3}",
+                        hits as f64 / STREAM as f64
+                    );
+                    let mut at = 0;
+                    group.bench_function(name, |b| {
+                        b.iter(|| {
+                            let key = stream[at];
+                            at = (at + 1) % STREAM;
+                            black_box(request(policy.as_mut(), key, &mut evicted))
+                        })
+                    });
+                }
+            }
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, churn);
+criterion_main!(benches);

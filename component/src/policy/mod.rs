@@ -1,0 +1,223 @@
+//! Eviction policies: which keys a bounded store drops to stay within its
+//! byte capacity.
+//!
+//! Three policies sit behind one small [`Policy`] trait: [`Lru`],
+//! [`S3Fifo`] (Yang et al., SOSP '23) and [`Sieve`] (Zhang et al.,
+//! NSDI '24). Their miss ratios agree with libCacheSim's implementations on
+//! the same traces; [`simulate`] replays a trace through one of them the way
+//! libCacheSim's request loop does (`benches/policy_check.py` compares the two).
+//!
+//! Each policy keeps its keys in a slab of nodes linked into queues by
+//! index, found through a hash index, so every operation is O(1)
+//! (amortised for the CLOCK-style passes of S3-FIFO and SIEVE) and nothing
+//! allocates once the cache is warm. Keys are hashed with std's keyed
+//! SipHash by default, so clients choosing keys cannot force collisions;
+//! on large tables that hashing is a good part of the cost of a request,
+//! and [`PolicyKind::build_with_hasher`] lets a caller whose keys are not
+//! adversarial choose a faster hash.
+
+use std::fmt;
+use std::hash::{BuildHasher, Hash, RandomState};
+use std::str::FromStr;
+
+use crate::Error;
+
+mod lru;
+mod s3fifo;
+mod sieve;
+mod sim;
+mod table;
+
+pub use lru::Lru;
+pub use s3fifo::S3Fifo;
+pub use sieve::Sieve;
+pub use sim::{SimError, SimReport, simulate};
+
+/// A policy tracks keys with byte sizes against a byte capacity and picks
+/// victims. Single-threaded core; stores wrap it in their own lock.
+pub trait Policy<K: Hash + Eq + Clone>: Send {
+    /// A key became resident with `size` bytes (a fill or a write
+    /// committed). If the key is already tracked, this updates its size and
+    /// counts as an access. Pushes onto `evicted` every key the policy drops
+    /// to keep its tracked bytes within capacity — possibly `key` itself
+    /// when the policy does not admit it (larger than the whole capacity,
+    /// or for S3-FIFO not smaller than its small queue).
+    fn insert(&mut self, key: K, size: u64, evicted: &mut Vec<K>);
+    /// A hit on `key`. Returns false if the key is not tracked.
+    fn touch(&mut self, key: &K) -> bool;
+    /// The store removed `key` (delete). Returns false if it was not tracked.
+    fn remove(&mut self, key: &K) -> bool;
+    /// Choose one victim, stop tracking it, and return it (None when
+    /// empty). For stores that must shrink for reasons of their own.
+    fn evict(&mut self) -> Option<K>;
+    /// Whether `key` is tracked (resident).
+    fn contains(&self, key: &K) -> bool;
+    /// Number of resident keys.
+    fn len(&self) -> usize;
+    /// Whether no key is resident.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Bytes of resident keys.
+    fn used(&self) -> u64;
+}
+
+/// Which policy; parsed from "lru", "s3fifo", "sieve".
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PolicyKind {
+    /// Least recently used.
+    Lru,
+    /// S3-FIFO: small, main and ghost FIFO queues.
+    S3Fifo,
+    /// SIEVE: one FIFO with a visited bit and a moving hand.
+    Sieve,
+}
+
+impl PolicyKind {
+    /// Every kind, in the order the documentation lists them.
+    pub const ALL: [PolicyKind; 3] = [PolicyKind::Lru, PolicyKind::S3Fifo, PolicyKind::Sieve];
+
+    /// A new policy of this kind over `capacity` bytes. The capacity should
+    /// be positive (a store with no bound uses no policy); with 0 nothing of
+    /// positive size is admitted.
+    pub fn build<K: Hash + Eq + Clone + Send + 'static>(self, capacity: u64) -> Box<dyn Policy<K>> {
+        self.build_with_hasher(capacity, RandomState::new())
+    }
+
+    /// Like [`build`](Self::build), hashing keys with `hasher` instead of
+    /// std's DoS-resistant default.
+    pub fn build_with_hasher<K, S>(self, capacity: u64, hasher: S) -> Box<dyn Policy<K>>
+    where
+        K: Hash + Eq + Clone + Send + 'static,
+        S: BuildHasher + Send + 'static,
+    {
+        match self {
+            PolicyKind::Lru => Box::new(Lru::with_hasher(capacity, hasher)),
+            PolicyKind::S3Fifo => Box::new(S3Fifo::with_hasher(capacity, hasher)),
+            PolicyKind::Sieve => Box::new(Sieve::with_hasher(capacity, hasher)),
+        }
+    }
+
+    /// The name [`FromStr`] accepts: "lru", "s3fifo" or "sieve".
+    pub fn name(self) -> &'static str {
+        match self {
+            PolicyKind::Lru => "lru",
+            PolicyKind::S3Fifo => "s3fifo",
+            PolicyKind::Sieve => "sieve",
+        }
+    }
+}
+
+impl fmt::Display for PolicyKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for PolicyKind {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self, Error> {
+        PolicyKind::ALL
+            .into_iter()
+            .find(|kind| kind.name() == s)
+            .ok_or_else(|| {
+                Error::InvalidConfig(format!(
+                    "eviction policy `{s}` is unknown (expected lru, s3fifo or sieve)"
+                ))
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_parse_from_their_names() {
+        for kind in PolicyKind::ALL {
+            assert_eq!(kind.name().parse::<PolicyKind>(), Ok(kind));
+            assert_eq!(kind.to_string(), kind.name());
+        }
+    }
+
+    #[test]
+    fn unknown_kind_error_names_the_value() {
+        let err = "LFU".parse::<PolicyKind>().unwrap_err();
+        assert!(
+            matches!(&err, Error::InvalidConfig(why) if why.contains("`LFU`")),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn every_kind_keeps_used_within_capacity() {
+        for kind in PolicyKind::ALL {
+            let mut policy = kind.build::<u32>(100);
+            let mut evicted = Vec::new();
+            for k in 0..1000u32 {
+                if !policy.touch(&(k % 37)) {
+                    policy.insert(k % 37, u64::from(k % 7 + 1), &mut evicted);
+                }
+                assert!(policy.used() <= 100, "{kind}: used {}", policy.used());
+            }
+            let mut drained = 0;
+            while let Some(key) = policy.evict() {
+                assert!(!policy.contains(&key), "{kind}");
+                drained += 1;
+            }
+            assert!(drained > 0, "{kind}");
+            assert_eq!((policy.len(), policy.used()), (0, 0), "{kind}");
+            assert!(policy.is_empty());
+        }
+    }
+
+    #[test]
+    fn any_hasher_gives_the_same_decisions() {
+        #[derive(Default)]
+        struct Weak(u64);
+        impl std::hash::Hasher for Weak {
+            fn write(&mut self, bytes: &[u8]) {
+                for &b in bytes {
+                    self.0 = self.0.wrapping_mul(31).wrapping_add(u64::from(b));
+                }
+            }
+            fn finish(&self) -> u64 {
+                // Few distinct hashes, so keys collide often.
+                self.0 % 13
+            }
+        }
+        for kind in PolicyKind::ALL {
+            let mut std = kind.build::<u32>(50);
+            let mut weak = kind
+                .build_with_hasher::<u32, _>(50, std::hash::BuildHasherDefault::<Weak>::default());
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            for i in 0..5_000u32 {
+                let key = (i * 7919) % 211 % (1 + i % 97);
+                let hit = std.touch(&key);
+                assert_eq!(weak.touch(&key), hit, "{kind}");
+                if !hit {
+                    std.insert(key, u64::from(key % 3 + 1), &mut a);
+                    weak.insert(key, u64::from(key % 3 + 1), &mut b);
+                }
+                if i % 101 == 0 {
+                    assert_eq!(std.remove(&(i % 50)), weak.remove(&(i % 50)), "{kind}");
+                }
+                assert_eq!(a, b, "{kind}");
+                assert_eq!((std.len(), std.used()), (weak.len(), weak.used()), "{kind}");
+            }
+        }
+    }
+
+    #[test]
+    fn zero_capacity_admits_nothing() {
+        for kind in PolicyKind::ALL {
+            let mut policy = kind.build::<&str>(0);
+            let mut evicted = Vec::new();
+            policy.insert("a", 1, &mut evicted);
+            assert_eq!(evicted, ["a"], "{kind}");
+            assert!(!policy.contains(&"a"));
+            assert_eq!(policy.used(), 0);
+        }
+    }
+}

@@ -1,0 +1,338 @@
+//! The storage every policy shares: a slab of nodes, found by key through a
+//! hash index, and linked into intrusive queues by index.
+//!
+//! Freed slots are reused, so once warm nothing allocates. Each node keeps
+//! its key's hash: the index maps a hash to a node (keys whose hashes
+//! collide are chained through the nodes), so dropping a victim never
+//! hashes its key again and a miss followed by an insert hashes the key
+//! only twice. The hash defaults to std's keyed SipHash, so clients
+//! choosing keys cannot force collisions.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher, RandomState};
+
+/// The end of a queue or chain, or no node.
+pub(super) const NIL: u32 = u32::MAX;
+
+/// One tracked key.
+pub(super) struct Node<K> {
+    /// `None` while the slot is free.
+    key: Option<K>,
+    hash: u64,
+    /// Bytes the key accounts for.
+    pub size: u64,
+    /// Towards the head of its queue (inserted later).
+    pub newer: u32,
+    /// Towards the tail of its queue (inserted earlier).
+    pub older: u32,
+    /// The next node whose key has the same hash; in a free slot, the next
+    /// free slot.
+    chain: u32,
+    /// Policy data: an access counter or a visited bit.
+    pub freq: u8,
+    /// Which of the policy's queues holds the node.
+    pub queue: u8,
+}
+
+/// The index's keys are already hashes: pass them through.
+#[derive(Default)]
+struct Prehashed(u64);
+
+impl Hasher for Prehashed {
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `write_u64` is used; this keeps any other use well defined.
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// Nodes addressed by `u32` index, with a free list and a hash index.
+pub(super) struct Table<K, S = RandomState> {
+    nodes: Vec<Node<K>>,
+    free: u32,
+    live: usize,
+    index: HashMap<u64, u32, BuildHasherDefault<Prehashed>>,
+    hasher: S,
+}
+
+#[cfg(test)]
+impl<K: Hash + Eq> Table<K> {
+    pub fn new() -> Self {
+        Table::with_hasher(RandomState::new())
+    }
+}
+
+impl<K: Hash + Eq, S: BuildHasher> Table<K, S> {
+    pub fn with_hasher(hasher: S) -> Self {
+        Table {
+            nodes: Vec::new(),
+            free: NIL,
+            live: 0,
+            index: HashMap::default(),
+            hasher,
+        }
+    }
+
+    pub fn hash(&self, key: &K) -> u64 {
+        self.hasher.hash_one(key)
+    }
+
+    /// The node holding `key`, whose hash is `hash`.
+    pub fn find(&self, hash: u64, key: &K) -> Option<u32> {
+        let mut at = *self.index.get(&hash)?;
+        loop {
+            let node = &self.nodes[at as usize];
+            if node.key.as_ref() == Some(key) {
+                return Some(at);
+            }
+            at = node.chain;
+            if at == NIL {
+                return None;
+            }
+        }
+    }
+
+    pub fn get(&self, key: &K) -> Option<u32> {
+        self.find(self.hash(key), key)
+    }
+
+    /// Stores a key that is not in the table, unlinked, and returns its index.
+    pub fn insert(&mut self, hash: u64, key: K, size: u64, queue: u8) -> u32 {
+        let idx = if self.free != NIL {
+            self.free
+        } else {
+            u32::try_from(self.nodes.len())
+                .ok()
+                .filter(|&i| i != NIL)
+                .expect("a policy tracks fewer than 2^32 - 1 keys")
+        };
+        let chain = self.index.insert(hash, idx).unwrap_or(NIL);
+        let node = Node {
+            key: Some(key),
+            hash,
+            size,
+            newer: NIL,
+            older: NIL,
+            chain,
+            freq: 0,
+            queue,
+        };
+        if self.free != NIL {
+            let slot = &mut self.nodes[idx as usize];
+            self.free = slot.chain;
+            *slot = node;
+        } else {
+            self.nodes.push(node);
+        }
+        self.live += 1;
+        idx
+    }
+
+    /// Forgets an unlinked node, freeing its slot, and hands back its key.
+    pub fn remove(&mut self, idx: u32) -> K {
+        let node = &self.nodes[idx as usize];
+        let (hash, chain) = (node.hash, node.chain);
+        let head = self.index.get_mut(&hash).expect("live nodes are indexed");
+        if *head == idx {
+            if chain == NIL {
+                self.index.remove(&hash);
+            } else {
+                *head = chain;
+            }
+        } else {
+            let mut at = *head;
+            while self.nodes[at as usize].chain != idx {
+                at = self.nodes[at as usize].chain;
+            }
+            self.nodes[at as usize].chain = chain;
+        }
+        let free = self.free;
+        let slot = &mut self.nodes[idx as usize];
+        slot.chain = free;
+        self.free = idx;
+        self.live -= 1;
+        slot.key.take().expect("live nodes hold a key")
+    }
+
+    /// Number of keys stored.
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.live
+    }
+}
+
+impl<K, S> Table<K, S> {
+    pub fn key(&self, idx: u32) -> &K {
+        self.nodes[idx as usize]
+            .key
+            .as_ref()
+            .expect("live nodes hold a key")
+    }
+
+    pub fn node(&self, idx: u32) -> &Node<K> {
+        &self.nodes[idx as usize]
+    }
+
+    pub fn node_mut(&mut self, idx: u32) -> &mut Node<K> {
+        &mut self.nodes[idx as usize]
+    }
+}
+
+/// A FIFO/recency queue threaded through table nodes: head is the newest
+/// node, tail the oldest.
+#[derive(Clone, Copy)]
+pub(super) struct List {
+    pub head: u32,
+    pub tail: u32,
+    /// Sum of the sizes of the linked nodes.
+    pub bytes: u64,
+    pub len: usize,
+}
+
+impl List {
+    pub const fn new() -> Self {
+        List {
+            head: NIL,
+            tail: NIL,
+            bytes: 0,
+            len: 0,
+        }
+    }
+
+    /// Links an unlinked node in as the newest.
+    pub fn push_head<K, S>(&mut self, table: &mut Table<K, S>, idx: u32) {
+        let head = self.head;
+        let node = table.node_mut(idx);
+        node.newer = NIL;
+        node.older = head;
+        self.bytes += node.size;
+        if head == NIL {
+            self.tail = idx;
+        } else {
+            table.node_mut(head).newer = idx;
+        }
+        self.head = idx;
+        self.len += 1;
+    }
+
+    /// Takes a linked node out of the queue; the node stays in the table.
+    pub fn unlink<K, S>(&mut self, table: &mut Table<K, S>, idx: u32) {
+        let node = table.node(idx);
+        let (newer, older) = (node.newer, node.older);
+        self.bytes -= node.size;
+        if newer == NIL {
+            self.head = older;
+        } else {
+            table.node_mut(newer).older = older;
+        }
+        if older == NIL {
+            self.tail = newer;
+        } else {
+            table.node_mut(older).newer = newer;
+        }
+        self.len -= 1;
+    }
+
+    /// Changes the size of a linked node in place.
+    pub fn resize<K, S>(&mut self, table: &mut Table<K, S>, idx: u32, size: u64) {
+        let node = table.node_mut(idx);
+        self.bytes = self.bytes - node.size + size;
+        node.size = size;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every key hashes alike, so every key shares one chain.
+    #[derive(Default)]
+    struct Colliding;
+
+    impl BuildHasher for Colliding {
+        type Hasher = Prehashed;
+
+        fn build_hasher(&self) -> Prehashed {
+            Prehashed(7)
+        }
+    }
+
+    fn order(list: &List, table: &Table<u32>) -> Vec<u32> {
+        let mut out = Vec::new();
+        let mut at = list.tail;
+        while at != NIL {
+            out.push(*table.key(at));
+            at = table.node(at).newer;
+        }
+        out
+    }
+
+    #[test]
+    fn queue_keeps_insertion_order_and_bytes() {
+        let mut table = Table::new();
+        let mut list = List::new();
+        let ids: Vec<u32> = (0..4u32)
+            .map(|k| table.insert(table.hash(&k), k, 10 + u64::from(k), 0))
+            .collect();
+        for &i in &ids {
+            list.push_head(&mut table, i);
+        }
+        assert_eq!(order(&list, &table), [0, 1, 2, 3]);
+        assert_eq!(list.bytes, 10 + 11 + 12 + 13);
+        list.unlink(&mut table, ids[0]);
+        list.unlink(&mut table, ids[2]);
+        list.unlink(&mut table, ids[3]);
+        assert_eq!(order(&list, &table), [1]);
+        assert_eq!((list.head, list.tail, list.len), (ids[1], ids[1], 1));
+        list.resize(&mut table, ids[1], 100);
+        assert_eq!(list.bytes, 100);
+    }
+
+    #[test]
+    fn removed_slots_are_reused() {
+        let mut table = Table::new();
+        let a = table.insert(table.hash(&1), 1u32, 1, 0);
+        let b = table.insert(table.hash(&2), 2, 1, 0);
+        assert_eq!(table.remove(a), 1);
+        assert_eq!(table.remove(b), 2);
+        assert_eq!(table.get(&1), None);
+        assert_eq!(table.insert(table.hash(&3), 3, 1, 0), b);
+        assert_eq!(table.insert(table.hash(&4), 4, 1, 0), a);
+        assert_eq!(table.nodes.len(), 2);
+        assert_eq!(
+            (table.get(&3), table.get(&4), table.len()),
+            (Some(b), Some(a), 2)
+        );
+    }
+
+    #[test]
+    fn keys_with_colliding_hashes_are_told_apart() {
+        let mut table = Table::with_hasher(Colliding);
+        let ids: Vec<u32> = (0..5u32)
+            .map(|k| table.insert(table.hash(&k), k, 1, 0))
+            .collect();
+        for k in 0..5 {
+            assert_eq!(table.get(&k), Some(ids[k as usize]));
+        }
+        assert_eq!(table.get(&9), None);
+        // Remove from the middle of the chain, its head and its end.
+        assert_eq!(table.remove(ids[2]), 2);
+        assert_eq!(table.remove(ids[4]), 4);
+        assert_eq!(table.remove(ids[0]), 0);
+        assert_eq!((table.get(&1), table.get(&3)), (Some(ids[1]), Some(ids[3])));
+        assert_eq!([0, 2, 4].map(|k| table.get(&k)), [None; 3]);
+        table.remove(ids[1]);
+        table.remove(ids[3]);
+        assert!(table.index.is_empty());
+        assert_eq!(table.len(), 0);
+    }
+}
