@@ -3,8 +3,10 @@
 //!
 //! Keys are spread over shards, each with its own map and, when the store
 //! is bounded, its own eviction policy over an equal part of the capacity.
-//! An entry larger than its shard's part is not kept. Small capacities get
-//! fewer shards (one below 8 MiB), so that part stays useful.
+//! An entry the policy does not admit is not kept: one larger than its
+//! shard's part, or for S3-FIFO not smaller than the small queue (a tenth
+//! of the part). Bounded stores get at most 8 shards and no fewer than
+//! 64 MiB each (one below 128 MiB), so that part stays useful.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
@@ -19,9 +21,15 @@ use futures::future::BoxFuture;
 use crate::tier::{StoreStats, Tier, TierEntry, TierSink};
 use crate::{Metadata, Result};
 
-const MAX_SHARDS: u64 = 16;
-/// A bounded store gets no more shards than leave each this much.
-const MIN_SHARD_CAPACITY: u64 = 4 << 20;
+/// Shards of an unbounded store, which has no policy lock to contend on.
+const UNBOUNDED_SHARDS: u64 = 16;
+/// Shards of a bounded store at most: enough for a few cores to rarely
+/// meet on a policy lock.
+const MAX_SHARDS: u64 = 8;
+/// A bounded store gets no more shards than leave each this much: an entry
+/// larger than its shard's part, or for S3-FIFO than a tenth of it, is
+/// never kept.
+const MIN_SHARD_CAPACITY: u64 = 64 << 20;
 
 struct Stored {
     meta: Metadata,
@@ -90,7 +98,7 @@ impl MemoryStore {
     /// commit. A capacity of 0 means unbounded: no policy then.
     pub fn with_capacity(name: impl Into<String>, capacity: u64, policy: PolicyKind) -> Self {
         let shards = if capacity == 0 {
-            MAX_SHARDS
+            UNBOUNDED_SHARDS
         } else {
             (capacity / MIN_SHARD_CAPACITY).clamp(1, MAX_SHARDS)
         };

@@ -79,9 +79,10 @@ fn bound(spec: &str, parts: &[&str]) -> Result<(u64, PolicyKind)> {
     };
     let policy = match parts.get(1) {
         None => DEFAULT_POLICY,
-        Some(name) => name
-            .parse::<PolicyKind>()
-            .map_err(|e| invalid(spec, format!("policy `{name}`: {e}")))?,
+        Some(name) => name.parse::<PolicyKind>().map_err(|e| match e {
+            daramjwee_component::Error::InvalidConfig(why) => invalid(spec, why),
+            other => invalid(spec, format!("policy `{name}`: {other}")),
+        })?,
     };
     if parts.len() > 2 {
         return Err(invalid(
