@@ -37,7 +37,7 @@ use std::fmt;
 use std::io::{Read, Seek, SeekFrom};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, UNIX_EPOCH};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -59,7 +59,6 @@ use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
-use crate::meta::{duration_millis, from_millis, to_millis};
 use crate::tier::{ByteStream, Tier, TierEntry, TierSink};
 use crate::{Error, Metadata, Result};
 
@@ -75,7 +74,7 @@ const HEADER_PROBE: u64 = 4096;
 /// Encoded metadata larger than this is refused on write and treated as
 /// damage on read, so a bad length never makes a reader allocate much.
 const MAX_META: usize = 1 << 20;
-const META_VERSION: u8 = 1;
+const META_VERSION: u8 = 2;
 /// Read size for objects of the `file://` backend.
 const FILE_CHUNK: usize = 256 * 1024;
 
@@ -932,7 +931,8 @@ const HAS_FRESH_FOR: u8 = 1 << 2;
 const HAS_STALE_FOR: u8 = 1 << 3;
 
 /// Key and metadata as bytes: a version byte, a flag byte, the optional
-/// times as little-endian milliseconds, then length-prefixed strings (key,
+/// times as little-endian nanoseconds (since the Unix epoch for
+/// `cached-at`), then length-prefixed strings (key,
 /// tag, attribute count and pairs).
 fn encode_meta(key: &str, meta: &Metadata) -> Vec<u8> {
     let mut out = Vec::with_capacity(32 + key.len() + meta.tag.len());
@@ -952,13 +952,13 @@ fn encode_meta(key: &str, meta: &Metadata) -> Vec<u8> {
     out.push(META_VERSION);
     out.push(flags);
     if let Some(at) = meta.cached_at {
-        out.put_u64_le(to_millis(at));
+        out.put_u64_le(nanos(at.duration_since(UNIX_EPOCH).unwrap_or_default()));
     }
     if let Some(fresh) = meta.fresh_for {
-        out.put_u64_le(duration_millis(fresh));
+        out.put_u64_le(nanos(fresh));
     }
     if let Some(stale) = meta.stale_for {
-        out.put_u64_le(duration_millis(stale));
+        out.put_u64_le(nanos(stale));
     }
     let put_str = |out: &mut Vec<u8>, s: &str| {
         out.put_u32_le(u32::try_from(s.len()).unwrap_or(u32::MAX));
@@ -972,6 +972,11 @@ fn encode_meta(key: &str, meta: &Metadata) -> Vec<u8> {
         put_str(&mut out, value);
     }
     out
+}
+
+/// `d` in nanoseconds, saturating (584 years).
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// The inverse of [`encode_meta`]; `None` for anything malformed.
@@ -1002,13 +1007,13 @@ fn decode_meta(mut raw: &[u8]) -> Option<(String, Metadata)> {
         ..Metadata::default()
     };
     if flags & HAS_CACHED_AT != 0 {
-        meta.cached_at = Some(from_millis(u64_le(&mut raw)?));
+        meta.cached_at = UNIX_EPOCH.checked_add(Duration::from_nanos(u64_le(&mut raw)?));
     }
     if flags & HAS_FRESH_FOR != 0 {
-        meta.fresh_for = Some(Duration::from_millis(u64_le(&mut raw)?));
+        meta.fresh_for = Some(Duration::from_nanos(u64_le(&mut raw)?));
     }
     if flags & HAS_STALE_FOR != 0 {
-        meta.stale_for = Some(Duration::from_millis(u64_le(&mut raw)?));
+        meta.stale_for = Some(Duration::from_nanos(u64_le(&mut raw)?));
     }
     let key = string(&mut raw)?;
     meta.tag = string(&mut raw)?;
@@ -1035,7 +1040,7 @@ mod tests {
     fn full_meta() -> Metadata {
         Metadata {
             tag: "\"v1\"".into(),
-            cached_at: Some(from_millis(1_700_000_000_123)),
+            cached_at: Some(UNIX_EPOCH + Duration::from_millis(1_700_000_000_123)),
             negative: true,
             fresh_for: Some(Duration::from_secs(60)),
             stale_for: Some(Duration::from_millis(1500)),
@@ -1133,15 +1138,14 @@ mod tests {
     }
 
     #[test]
-    fn times_survive_as_milliseconds() {
-        let now = SystemTime::now();
+    fn times_survive_exactly() {
         let meta = Metadata {
-            cached_at: Some(now),
+            cached_at: Some(SystemTime::now()),
+            fresh_for: Some(Duration::new(60, 123_456_789)),
+            stale_for: Some(Duration::from_nanos(7)),
             ..Metadata::default()
         };
         let (_, back) = decode_meta(&encode_meta("k", &meta)).expect("decodes");
-        let back = back.cached_at.expect("cached_at");
-        let diff = now.duration_since(back).expect("not later");
-        assert!(diff < Duration::from_millis(1));
+        assert_eq!(back, meta);
     }
 }

@@ -619,3 +619,30 @@ async fn store_without_attributes_falls_back_to_a_header() {
         assert_eq!(tier.stat(key).await.expect("stat"), Some(meta(key)));
     }
 }
+
+/// The shared store conformance suite, over each object-store backend.
+mod conformance {
+    use super::*;
+    use daramjwee::Tier;
+    use daramjwee_tests::conformance::guarded;
+
+    fn tier_of(backend: Backend) -> Arc<dyn Tier> {
+        let tier = backend.tier();
+        guarded(Arc::new(tier), backend)
+    }
+
+    mod s3 {
+        use super::*;
+        daramjwee_tests::conformance_suite!(|| tier_of(Backend::s3()), atomic_replace: true);
+    }
+
+    mod file {
+        use super::*;
+        daramjwee_tests::conformance_suite!(|| tier_of(Backend::file()), atomic_replace: true);
+    }
+
+    mod memory {
+        use super::*;
+        daramjwee_tests::conformance_suite!(|| tier_of(Backend::memory()), atomic_replace: true);
+    }
+}
