@@ -433,13 +433,22 @@ impl Inner {
             .map_err(|e| self.error("cannot create a directory", &e))?;
         // Truncating, not exclusive: the only file that can have this name
         // is a leftover of a dead process with the same pid.
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
-            .map_err(|e| self.error("cannot create a temporary file", &e))?;
+        let create = || {
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&path)
+        };
+        let file = match create() {
+            // The directory was removed behind the store's back.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                fs::create_dir_all(self.dir(hash)).and_then(|()| create())
+            }
+            other => other,
+        }
+        .map_err(|e| self.error("cannot create a temporary file", &e))?;
         Ok(TempFile { file, path })
     }
 
