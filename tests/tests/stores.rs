@@ -758,3 +758,21 @@ async fn a_failed_write_fails_the_rest_of_the_sink() {
         body(2, 300_000)
     );
 }
+
+#[test]
+fn file_store_works_outside_a_tokio_runtime() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = FileStore::open("file", dir.path()).expect("open");
+    futures::executor::block_on(async {
+        let data = body(3, 1 << 20);
+        put(&store, "k", rich_meta("v"), &data, 100_000).await;
+        assert_eq!(fetch(&store, "k").await, Some((rich_meta("v"), data)));
+        let sink = store
+            .begin_write("k", Metadata::default())
+            .await
+            .expect("begin");
+        drop(sink);
+        store.delete("k").await.expect("delete");
+        assert!(store.stat("k").await.expect("stat").is_none());
+    });
+}
