@@ -110,8 +110,10 @@ pub struct FileStoreBuilder {
 }
 
 impl FileStoreBuilder {
-    /// Bound the store to `bytes` (whole files: header and body), evicting
-    /// with `policy`. Default: 0, unbounded.
+    /// Bound the store to `bytes` (whole files: header, key, metadata and
+    /// body), evicting with `policy`. Default: 0, unbounded. An entry the
+    /// policy does not admit (larger than the capacity; for S3-FIFO, not
+    /// smaller than a tenth of it) is not kept.
     pub fn capacity(mut self, bytes: u64, policy: PolicyKind) -> Self {
         self.capacity = bytes;
         self.policy = policy;
@@ -230,7 +232,7 @@ impl FileStore {
         FileStoreBuilder {
             root: root.into(),
             capacity: 0,
-            policy: PolicyKind::S3Fifo,
+            policy: crate::spec::DEFAULT_POLICY,
             mode: WriteMode::Rename,
             sync: false,
         }
@@ -433,13 +435,22 @@ impl Inner {
             .map_err(|e| self.error("cannot create a directory", &e))?;
         // Truncating, not exclusive: the only file that can have this name
         // is a leftover of a dead process with the same pid.
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
-            .map_err(|e| self.error("cannot create a temporary file", &e))?;
+        let create = || {
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&path)
+        };
+        let file = match create() {
+            // The directory was removed behind the store's back.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                fs::create_dir_all(self.dir(hash)).and_then(|()| create())
+            }
+            other => other,
+        }
+        .map_err(|e| self.error("cannot create a temporary file", &e))?;
         Ok(TempFile { file, path })
     }
 
@@ -860,13 +871,19 @@ fn body_stream(store: Arc<Inner>, first: Bytes, file: File, size: u64) -> ByteSt
 }
 
 /// Run blocking file work off the async threads.
+/// Outside a tokio runtime there is no pool to run on: the work then runs
+/// in place.
 async fn blocking<T: Send + 'static>(
     store: &Arc<Inner>,
     work: impl FnOnce(&Inner) -> Result<T> + Send + 'static,
 ) -> Result<T> {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return work(store);
+    };
     let store = Arc::clone(store);
     let root = store.root.clone();
-    tokio::task::spawn_blocking(move || work(&store))
+    runtime
+        .spawn_blocking(move || work(&store))
         .await
         .unwrap_or_else(|e| Err(store_error(&root, &format!("file work failed: {e}"))))
 }

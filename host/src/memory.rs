@@ -90,7 +90,7 @@ fn charge(key: &str, meta: &Metadata, body_len: u64) -> u64 {
 impl MemoryStore {
     /// An empty, unbounded memory tier called `name`.
     pub fn new(name: impl Into<String>) -> Self {
-        MemoryStore::with_capacity(name, 0, PolicyKind::S3Fifo)
+        MemoryStore::with_capacity(name, 0, crate::spec::DEFAULT_POLICY)
     }
 
     /// An empty memory tier called `name` holding at most `capacity` bytes

@@ -8,7 +8,9 @@
 //! time: `commit` consumes the sink, so there is no abort after a commit
 //! and no write after the end. The nearest cases are checked instead: a
 //! new write of the key after an abort, and the entry surviving the end of
-//! its sink.
+//! its sink. Writes after a failed write are checked per store.
+//!
+//! [`conformance_suite!`]: crate::conformance_suite
 
 use std::any::Any;
 use std::sync::Arc;

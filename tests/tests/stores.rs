@@ -712,3 +712,67 @@ async fn cold_entries_read_whole() {
     evict();
     assert_eq!(read_all(entry).await, data);
 }
+
+#[tokio::test]
+async fn a_failed_write_fails_the_rest_of_the_sink() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = FileStore::open("file", dir.path()).expect("open");
+    put(&store, "k", Metadata::tagged("old"), &body(1, 100), 100).await;
+    // Make the temporary file impossible to create: a plain file where the
+    // key's directory was.
+    let fan_out = store
+        .entry_path("k")
+        .parent()
+        .expect("parent")
+        .to_path_buf();
+    fs::remove_dir_all(&fan_out).expect("rmdir");
+    fs::write(&fan_out, b"in the way").expect("write");
+    let mut sink = store
+        .begin_write("k", Metadata::tagged("new"))
+        .await
+        .expect("begin");
+    let mut failed = None;
+    for i in 0..8 {
+        if let Err(e) = sink.write(Bytes::from(body(i, 128 * 1024))).await {
+            failed = Some(e);
+            break;
+        }
+    }
+    let failed = failed.expect("a write failed");
+    assert!(failed.to_string().contains("file store"), "{failed}");
+    assert!(sink.write(Bytes::from_static(b"more")).await.is_err());
+    assert!(sink.commit().await.is_err());
+    // Once the way is clear, the directory is made again.
+    fs::remove_file(&fan_out).expect("rm");
+    assert!(store.get("k").await.expect("get").is_none());
+    put(
+        &store,
+        "k",
+        Metadata::tagged("again"),
+        &body(2, 300_000),
+        65536,
+    )
+    .await;
+    assert_eq!(
+        fetch(&store, "k").await.expect("present").1,
+        body(2, 300_000)
+    );
+}
+
+#[test]
+fn file_store_works_outside_a_tokio_runtime() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = FileStore::open("file", dir.path()).expect("open");
+    futures::executor::block_on(async {
+        let data = body(3, 1 << 20);
+        put(&store, "k", rich_meta("v"), &data, 100_000).await;
+        assert_eq!(fetch(&store, "k").await, Some((rich_meta("v"), data)));
+        let sink = store
+            .begin_write("k", Metadata::default())
+            .await
+            .expect("begin");
+        drop(sink);
+        store.delete("k").await.expect("delete");
+        assert!(store.stat("k").await.expect("stat").is_none());
+    });
+}
