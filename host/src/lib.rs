@@ -37,6 +37,7 @@ mod memory;
 mod meta;
 mod object;
 mod pool;
+pub mod serve;
 mod shard;
 mod tier;
 

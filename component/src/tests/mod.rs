@@ -263,7 +263,10 @@ fn stale_if_error_serves_an_expired_entry_within_its_window() {
     h.tiers[1].put("k", expired("v1", now - 5_000), b"old but good");
     let origin = MockOrigin::replying([Reply::Fail, Reply::Fail]);
     let r = h.get("k", &origin).unwrap();
-    assert_eq!((r.status, r.source, r.stale), (Status::Ok, Source::Tier(1), true));
+    assert_eq!(
+        (r.status, r.source, r.stale),
+        (Status::Ok, Source::Tier(1), true)
+    );
     assert_eq!(h.run(read_body(r.body)).unwrap(), b"old but good");
     assert_eq!(origin.calls(), 1);
     let engine = h.engine.clone();
