@@ -32,6 +32,7 @@ mod cache;
 mod component;
 mod error;
 mod fetcher;
+mod file;
 mod imports;
 mod memory;
 mod meta;
@@ -39,6 +40,7 @@ mod object;
 mod pool;
 pub mod serve;
 mod shard;
+mod spec;
 mod tier;
 
 pub use body::Body;
@@ -46,13 +48,17 @@ pub use cache::{Cache, CacheBuilder, GetResponse, Source, Status, Writer};
 #[cfg(feature = "fault-injection")]
 pub use component::FAULTY_COMPONENT;
 pub use component::{ComponentSource, EMBEDDED_COMPONENT, default_compile_cache};
+/// Eviction policies, re-exported from the engine crate.
+pub use daramjwee_component::policy::PolicyKind;
 pub use error::{Error, Result};
 pub use fetcher::{FetchResult, Fetcher};
+pub use file::{FileStore, FileStoreBuilder, WriteMode};
 pub use memory::MemoryStore;
 pub use meta::Metadata;
 pub use object::{MetadataPlacement, ObjectStoreTier};
 pub use pool::{PoolStats, WorkerStrategy};
-pub use tier::{ByteStream, Tier, TierEntry, TierSink};
+pub use spec::{DEFAULT_POLICY, TierSpec, parse_size};
+pub use tier::{ByteStream, StoreStats, Tier, TierEntry, TierSink};
 
 /// The README's examples, compiled as doctests.
 #[cfg(doctest)]

@@ -48,3 +48,15 @@ pub trait Tier: Send + Sync + 'static {
     /// Remove `key`; removing an absent key succeeds.
     fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<()>>;
 }
+
+/// Counters a store keeps, for metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Entries held.
+    pub entries: u64,
+    /// Bytes held, as the store charges them against its capacity.
+    pub bytes: u64,
+    /// Entries dropped to stay within the capacity (an entry too large for
+    /// the whole capacity counts once when it is turned away).
+    pub evictions: u64,
+}

@@ -1,1 +1,3 @@
-//! End-to-end tests live in `tests/`.
+//! End-to-end tests live in `tests/`; shared test bodies live here.
+
+pub mod conformance;

@@ -206,18 +206,17 @@ async fn signal() -> Result<()> {
 }
 
 /// Open tier `index` from its spec: an object-store URL or a
-/// memory tier.
+/// [`crate::TierSpec`] (`mem:...`, `file:...`).
 pub fn open_tier(index: usize, spec: &str) -> Result<Arc<dyn Tier>> {
     let name = format!("tier{index}");
     if spec.contains("://") {
         return Ok(Arc::new(ObjectStoreTier::from_url(name, spec)?));
     }
-    if spec == "mem" || spec.starts_with("mem:") {
-        return Ok(Arc::new(crate::MemoryStore::new(name)));
-    }
-    Err(Error::InvalidConfig(format!(
-        "tier: `{spec}` is not a tier spec (mem or an object-store URL)"
-    )))
+    let spec: crate::TierSpec = spec.parse().map_err(|e: Error| match e {
+        Error::InvalidConfig(why) => Error::InvalidConfig(format!("tier: {why}")),
+        other => other,
+    })?;
+    spec.open(name)
 }
 
 async fn bind(option: &str, addr: SocketAddr) -> Result<TcpListener> {
