@@ -1,7 +1,7 @@
 //! A real HTTP origin for the proxy tests: hyper on 127.0.0.1:0, with
 //! scripted routes, counting its requests per path.
 
-#![allow(dead_code, reason = "each test file uses a different part of it")]
+#![expect(dead_code, reason = "each test file uses a different part of it")]
 
 use std::collections::HashMap;
 use std::convert::Infallible;

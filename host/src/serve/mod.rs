@@ -260,7 +260,7 @@ where
                     let handler = handler.clone();
                     let connection = http.serve_connection(
                         TokioIo::new(stream),
-                        service_fn(move |request| handler(request)),
+                        service_fn(handler),
                     );
                     let connection = graceful.watch(connection);
                     tokio::spawn(async move {
@@ -280,4 +280,28 @@ where
             tracing::warn!("responses still in flight after {DRAIN_TIMEOUT:?}; dropping them");
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_tiers_are_valid_specs() {
+        for spec in default_tiers() {
+            spec.parse::<crate::TierSpec>()
+                .unwrap_or_else(|e| panic!("{spec}: {e}"));
+        }
+    }
+
+    #[test]
+    fn bad_tier_specs_are_named_errors() {
+        for spec in ["ram", "mem:lots", "file:", "mem:1MiB:fifo"] {
+            match open_tier(0, spec) {
+                Err(Error::InvalidConfig(why)) => assert!(why.contains("tier"), "{why}"),
+                Err(other) => panic!("{spec}: expected invalid-config, got {other}"),
+                Ok(_) => panic!("{spec}: accepted"),
+            }
+        }
+    }
 }
