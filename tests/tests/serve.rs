@@ -278,6 +278,31 @@ async fn origin_500_is_a_502_and_never_cached() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_origin_is_a_502_and_never_cached() {
+    let origin = Origin::start().await;
+    origin.route(
+        "/slow",
+        Route::Ok {
+            tag: "\"s\"".into(),
+            body: Bytes::from_static(b"late"),
+            cache_control: None,
+            delay: Duration::from_secs(3),
+        },
+    );
+    let server = proxy(&origin, |c| c.origin_timeout = Duration::from_millis(200)).await;
+    let got = get(&server, "/slow").await;
+    assert_eq!(got.status, StatusCode::BAD_GATEWAY);
+    assert!(
+        got.cache_status.contains("origin-error"),
+        "{}",
+        got.cache_status
+    );
+    origin.route("/slow", Route::ok("f", "fast"));
+    assert_eq!(get(&server, "/slow").await.body, "fast");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn origin_no_store_is_not_stored_and_max_age_is_honoured() {
     let origin = Origin::start().await;
     origin.route("/private", Route::controlled("p", "mine", "private"));
