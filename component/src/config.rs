@@ -29,6 +29,10 @@ pub struct Config {
     pub join_window: u64,
     /// Longest key accepted, in bytes. Default: 65 536.
     pub max_key_len: u32,
+    /// When the origin fails, serve an expired positive entry that is at
+    /// most this many ms past its freshness window instead of the error.
+    /// Default: 0 (off).
+    pub stale_if_error: u64,
 }
 
 impl Default for Config {
@@ -40,6 +44,7 @@ impl Default for Config {
             operation_timeout: 30_000,
             join_window: 4 << 20,
             max_key_len: 65_536,
+            stale_if_error: 0,
         }
     }
 }

@@ -507,6 +507,11 @@ impl<R: Runtime> Inner<R> {
             Ok(fetched) => fetched,
             Err(e) => {
                 lead.answer(Answer::Retry(e.clone()));
+                if let Some((i, meta)) = &held
+                    && let Some(response) = self.stale_if_error(key, *i, meta, inm).await
+                {
+                    return Ok(Step::Done(response));
+                }
                 return Err(e);
             }
         };
@@ -560,16 +565,23 @@ impl<R: Runtime> Inner<R> {
                 )
                 .await
             }
-            Fetched::Body { mut meta, body } => {
+            Fetched::Body {
+                mut meta,
+                body,
+                no_store,
+            } => {
                 meta.cached_at = Some(self.rt.now_ms());
                 meta.negative = false;
+                // A body the origin forbids storing is served like a dirty
+                // request's: no sink, so no commit and no copy.
+                let copy_after = if no_store { Vec::new() } else { all_lower };
                 self.serve_fill(
                     key,
                     generation,
                     meta,
                     body,
-                    all_lower,
-                    dirty,
+                    copy_after,
+                    dirty || no_store,
                     inm,
                     lead,
                     Source::Origin,
@@ -577,6 +589,50 @@ impl<R: Runtime> Inner<R> {
                 .await
             }
         }
+    }
+
+    /// The origin failed: answer with the expired positive entry of tier
+    /// `tier` if it is at most `stale-if-error` past its freshness window.
+    /// Nothing is written and no refresh is scheduled.
+    async fn stale_if_error(
+        &self,
+        key: &str,
+        tier: usize,
+        held: &Metadata,
+        inm: Option<&str>,
+    ) -> Option<Response<R>> {
+        let grace = self.config.stale_if_error;
+        let cached_at = held.cached_at?;
+        if grace == 0 || held.negative {
+            return None;
+        }
+        let window = held.fresh_for.unwrap_or(self.config.windows(tier).0);
+        let age = self.rt.now_ms().saturating_sub(cached_at);
+        if age >= window.saturating_add(grace) {
+            return None;
+        }
+        let Entry { meta, size, body } = match self.tiers[tier].get(key).await {
+            Ok(Some(entry)) if !entry.meta.negative && entry.meta.cached_at == Some(cached_at) => {
+                entry
+            }
+            _ => return None,
+        };
+        let source = Source::Tier(tier as u32);
+        if inm.is_some_and(|inm| if_none_match(inm, &meta.tag)) {
+            return Some(Response::without_body(
+                Status::NotModified,
+                meta,
+                source,
+                true,
+            ));
+        }
+        Some(Response {
+            status: Status::Ok,
+            meta,
+            source,
+            stale: true,
+            body: Some(ResponseBody::Direct { body, size }),
+        })
     }
 
     /// Start the fill of a leader's fetched (or revalidated) body and
@@ -795,7 +851,13 @@ impl<R: Runtime> Inner<R> {
                 self.background_fill(key, generation, meta, entry.body, Vec::new())
                     .await
             }
-            Fetched::Body { mut meta, body } => {
+            // Nothing to store; the held copy stays as it was.
+            Fetched::Body { no_store: true, .. } => Ok(()),
+            Fetched::Body {
+                mut meta,
+                body,
+                no_store: false,
+            } => {
                 meta.cached_at = Some(self.rt.now_ms());
                 meta.negative = false;
                 self.background_fill(key, generation, meta, body, all_lower)

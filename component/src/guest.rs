@@ -145,6 +145,7 @@ impl crate::Origin for origin::Fetcher {
                 origin::FetchResult::Body(f) => Fetched::Body {
                     meta: f.meta.into(),
                     body: GuestBody::new(f.body, None, Some(f.complete)),
+                    no_store: f.no_store,
                 },
                 origin::FetchResult::NotModified => Fetched::NotModified,
                 origin::FetchResult::NotFound => Fetched::NotFound,
@@ -225,6 +226,7 @@ impl cx::GuestCache for CacheImpl {
                 .collect(),
             operation_timeout: config.operation_timeout,
             join_window: config.join_window,
+            stale_if_error: config.stale_if_error,
             max_key_len: config.max_key_len,
         };
         let engine = Engine::open(config, tiers, GuestRt { queue: jobs })?;

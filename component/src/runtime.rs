@@ -59,6 +59,8 @@ pub enum Fetched<B> {
         meta: Metadata,
         /// The body.
         body: B,
+        /// Stream it, but write it to no tier (HTTP `no-store`).
+        no_store: bool,
     },
     /// The copy we hold is still good.
     NotModified,

@@ -216,6 +216,7 @@ impl native::Origin for NativeOrigin {
                 data: Rc::clone(&self.0),
                 at: 0,
             },
+            no_store: false,
         })
     }
 }

@@ -66,6 +66,7 @@ pub struct CacheBuilder {
     operation_timeout: Duration,
     join_window: u64,
     max_key_len: u32,
+    stale_if_error: Duration,
     workers: WorkerStrategy,
     job_timeout: Duration,
     shutdown_timeout: Duration,
@@ -86,6 +87,7 @@ impl Default for CacheBuilder {
             operation_timeout: Duration::from_secs(30),
             join_window: 4 << 20,
             max_key_len: 65_536,
+            stale_if_error: Duration::ZERO,
             workers: WorkerStrategy::default(),
             job_timeout: Duration::from_secs(30),
             shutdown_timeout: Duration::from_secs(30),
@@ -156,6 +158,14 @@ impl CacheBuilder {
     /// Longest key accepted, in bytes. Default: 65 536.
     pub fn max_key_len(mut self, bytes: u32) -> Self {
         self.max_key_len = bytes;
+        self
+    }
+
+    /// When the origin fails, serve an expired entry that is at most this
+    /// far past its freshness window (stale) instead of the error. Default:
+    /// zero, off.
+    pub fn stale_if_error(mut self, window: Duration) -> Self {
+        self.stale_if_error = window;
         self
     }
 
@@ -240,6 +250,7 @@ impl CacheBuilder {
             operation_timeout: duration_millis(self.operation_timeout),
             join_window: self.join_window,
             max_key_len: self.max_key_len,
+            stale_if_error: duration_millis(self.stale_if_error),
         };
         let router = Arc::new(Router {
             shards: OnceLock::new(),

@@ -18,6 +18,8 @@ pub enum FetchResult {
         meta: Metadata,
         /// The body. An `Err` item means it broke off; nothing is cached.
         body: ByteStream,
+        /// Serve the body but store it in no tier (HTTP `no-store`).
+        no_store: bool,
     },
     /// The copy the cache holds (whose metadata was passed in) is good.
     NotModified,
@@ -34,6 +36,7 @@ impl FetchResult {
             body: Box::pin(futures::stream::iter(
                 (!body.is_empty()).then_some(Ok(body)),
             )),
+            no_store: false,
         }
     }
 }

@@ -207,7 +207,11 @@ impl origin::HostFetcherWithStore<HostState> for HostState {
         Ok(Ok(match fetched {
             FetchResult::NotModified => origin::FetchResult::NotModified,
             FetchResult::NotFound => origin::FetchResult::NotFound,
-            FetchResult::Body { meta, body } => {
+            FetchResult::Body {
+                meta,
+                body,
+                no_store,
+            } => {
                 let (done_tx, done_rx) = oneshot::channel();
                 let (body, complete) = accessor.with(|mut a| -> wasmtime::Result<_> {
                     let body = StreamReader::new(&mut a, BodyProducer::new(body, Some(done_tx)))?;
@@ -223,6 +227,7 @@ impl origin::HostFetcherWithStore<HostState> for HostState {
                     meta: meta.into(),
                     body,
                     complete,
+                    no_store,
                 })
             }
         }))

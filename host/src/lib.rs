@@ -38,6 +38,7 @@ mod memory;
 mod meta;
 mod object;
 mod pool;
+pub mod serve;
 mod shard;
 mod spec;
 mod tier;

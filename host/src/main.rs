@@ -21,6 +21,11 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run an HTTP caching proxy in front of an origin: GET/HEAD through the
+    /// tiers, PUT/DELETE with the admin token. Listens on 127.0.0.1:8080
+    /// unless told otherwise; without --origin a built-in demo origin
+    /// answers.
+    Serve(Box<daramjwee::serve::ServeArgs>),
     /// Run the embedded engine over two memory tiers: a miss, then hits,
     /// with the origin called once.
     Demo {
@@ -105,6 +110,9 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let result = match Cli::parse().command {
+        Command::Serve(args) => args
+            .into_config()
+            .and_then(|config| block_on(daramjwee::serve::run(config))),
         Command::Demo { key, hits } => block_on(demo(&key, hits)),
         Command::Sim {
             policy,

@@ -184,6 +184,11 @@ pub enum Reply {
         data: Vec<u8>,
         fail_at_end: bool,
     },
+    /// A body the origin forbids storing.
+    NoStore {
+        tag: &'static str,
+        data: Vec<u8>,
+    },
     NotModified,
     NotFound,
     Fail,
@@ -248,7 +253,24 @@ impl Origin for MockOrigin {
                     tag: tag.into(),
                     ..Metadata::default()
                 };
-                Ok(Fetched::Body { meta, body })
+                Ok(Fetched::Body {
+                    meta,
+                    body,
+                    no_store: false,
+                })
+            }
+            Reply::NoStore { tag, data } => {
+                let mut body = MockBody::new(&data, 4);
+                body.gate = gate;
+                let meta = Metadata {
+                    tag: tag.into(),
+                    ..Metadata::default()
+                };
+                Ok(Fetched::Body {
+                    meta,
+                    body,
+                    no_store: true,
+                })
             }
             Reply::NotModified => {
                 if let Some(gate) = gate {

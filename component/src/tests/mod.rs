@@ -193,6 +193,126 @@ fn origin_error_is_returned_and_not_cached() {
 }
 
 #[test]
+fn no_store_body_reaches_caller_and_joiners_but_no_tier() {
+    let mut h = Harness::new(2);
+    let gate = Rc::new(mock::Gate::default());
+    let origin = MockOrigin::replying([Reply::NoStore {
+        tag: "v",
+        data: b"private body".to_vec(),
+    }])
+    .gated(&gate);
+    let mut slots = Vec::new();
+    for _ in 0..3 {
+        let engine = h.engine.clone();
+        let origin = origin.clone();
+        slots.push(h.spawn(async move {
+            let r = engine.get("k", None, origin).await?;
+            assert!(matches!(r.source, Source::Origin | Source::Joined));
+            read_body(r.body).await
+        }));
+    }
+    h.settle();
+    gate.open();
+    h.settle();
+    assert_eq!(origin.calls(), 1, "joiners share the one fetch");
+    for slot in slots {
+        assert_eq!(slot.borrow_mut().take().unwrap().unwrap(), b"private body");
+    }
+    assert_eq!(h.run_jobs(), 0, "no copy is scheduled");
+    assert!(h.tiers[0].meta("k").is_none());
+    assert!(h.tiers[1].meta("k").is_none());
+    let again = MockOrigin::replying([body("v2", b"stored")]);
+    let r = h.get("k", &again).unwrap();
+    assert_eq!(r.source, Source::Origin, "nothing was kept");
+    assert_eq!(h.run(read_body(r.body)).unwrap(), b"stored");
+}
+
+#[test]
+fn no_store_refresh_keeps_the_held_copy() {
+    let mut h = Harness::new(1);
+    let now = h.rt.now_ms();
+    h.tiers[0].put("k", fresh("old", now - 5_000), b"old body");
+    let origin = MockOrigin::replying([Reply::NoStore {
+        tag: "new",
+        data: b"new body".to_vec(),
+    }]);
+    let r = h.get("k", &origin).unwrap();
+    assert!(r.stale);
+    assert_eq!(h.run(read_body(r.body)).unwrap(), b"old body");
+    assert_eq!(h.run_jobs(), 1);
+    assert_eq!(origin.calls(), 1);
+    assert_eq!(h.tiers[0].meta("k").unwrap().tag, "old");
+}
+
+fn expired(tag: &str, at: u64) -> Metadata {
+    let mut meta = fresh(tag, at);
+    meta.stale_for = Some(0);
+    meta
+}
+
+#[test]
+fn stale_if_error_serves_an_expired_entry_within_its_window() {
+    let config = Config {
+        fresh_for: 1_000,
+        stale_if_error: 5_000,
+        ..Config::default()
+    };
+    let mut h = Harness::with_config(2, config);
+    let now = h.rt.now_ms();
+    // 4 s past its window: inside stale-if-error.
+    h.tiers[1].put("k", expired("v1", now - 5_000), b"old but good");
+    let origin = MockOrigin::replying([Reply::Fail, Reply::Fail]);
+    let r = h.get("k", &origin).unwrap();
+    assert_eq!(
+        (r.status, r.source, r.stale),
+        (Status::Ok, Source::Tier(1), true)
+    );
+    assert_eq!(h.run(read_body(r.body)).unwrap(), b"old but good");
+    assert_eq!(origin.calls(), 1);
+    let engine = h.engine.clone();
+    let r = h
+        .run(engine.get("k", Some("\"v1\""), origin.clone()))
+        .unwrap();
+    assert_eq!(r.status, Status::NotModified);
+    assert_eq!(h.run_jobs(), 0, "nothing is written or refreshed");
+    assert!(h.tiers[0].meta("k").is_none());
+    assert_eq!(h.tiers[1].meta("k").unwrap().cached_at, Some(now - 5_000));
+}
+
+#[test]
+fn stale_if_error_ends_with_its_window() {
+    let config = Config {
+        fresh_for: 1_000,
+        stale_if_error: 5_000,
+        ..Config::default()
+    };
+    let mut h = Harness::with_config(1, config);
+    let now = h.rt.now_ms();
+    // 6 s past its window: too old even for an error.
+    h.tiers[0].put("k", expired("v1", now - 7_000), b"too old");
+    let origin = MockOrigin::replying([Reply::Fail]);
+    assert!(matches!(h.get("k", &origin), Err(Error::Origin(_))));
+    // Off by default: the error goes through.
+    let mut h = Harness::new(1);
+    let now = h.rt.now_ms();
+    h.tiers[0].put("k", expired("v1", now - 1_500), b"old");
+    let origin = MockOrigin::replying([Reply::Fail]);
+    assert!(matches!(h.get("k", &origin), Err(Error::Origin(_))));
+    // A negative entry is never served for an error.
+    let config = Config {
+        stale_if_error: 60_000,
+        ..Config::default()
+    };
+    let mut h = Harness::with_config(1, config);
+    let now = h.rt.now_ms();
+    let mut negative = Metadata::negative_at(now - 20_000);
+    negative.stale_for = Some(0);
+    h.tiers[0].put("k", negative, b"");
+    let origin = MockOrigin::replying([Reply::Fail]);
+    assert!(matches!(h.get("k", &origin), Err(Error::Origin(_))));
+}
+
+#[test]
 fn body_that_breaks_off_is_not_cached() {
     let mut h = Harness::new(1);
     let origin = MockOrigin::replying([Reply::Body {

@@ -87,6 +87,7 @@ impl Fetcher for Origin {
             Reply::Streamed(tag, rx) => Ok(FetchResult::Body {
                 meta: Metadata::tagged(tag),
                 body: Box::pin(tokio_stream(rx)),
+                no_store: false,
             }),
             Reply::NotModified => Ok(FetchResult::NotModified),
             Reply::NotFound => Ok(FetchResult::NotFound),

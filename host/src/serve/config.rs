@@ -1,0 +1,348 @@
+//! The settings of `daramjwee serve`: flags, a TOML file, and how the two
+//! combine (flags win).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::{Error, Result};
+
+/// Where `serve` listens unless told otherwise.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+
+/// Everything `serve` needs, with every default filled in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServeConfig {
+    /// Address of the proxy. Port 0 picks a free one.
+    pub listen: SocketAddr,
+    /// Base URL of the origin; `None` starts the built-in demo origin.
+    pub origin: Option<String>,
+    /// Tier specs, tier 0 first.
+    pub tiers: Vec<String>,
+    /// Freshness of positive entries whose origin sent no `max-age`.
+    pub fresh_for: Duration,
+    /// Freshness of negative (404/410) entries.
+    pub negative_fresh_for: Duration,
+    /// How far past its freshness an entry may be served when the origin
+    /// fails. Zero turns it off.
+    pub stale_if_error: Duration,
+    /// Bearer token that allows `PUT` and `DELETE`; without one they are
+    /// refused.
+    pub admin_token: Option<String>,
+    /// Address of the Prometheus `/metrics` and `/healthz` listener.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Bound on the origin's answer (status and headers).
+    pub origin_timeout: Duration,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        ServeConfig {
+            listen: DEFAULT_LISTEN.parse().expect("a valid address"),
+            origin: None,
+            tiers: default_tiers(),
+            fresh_for: Duration::from_secs(60),
+            negative_fresh_for: Duration::from_secs(10),
+            stale_if_error: Duration::ZERO,
+            admin_token: None,
+            metrics_listen: None,
+            origin_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A memory tier over a file tier under `./daramjwee-cache`.
+pub fn default_tiers() -> Vec<String> {
+    vec![
+        "mem:256MiB:s3fifo".into(),
+        "file:./daramjwee-cache:1GiB:s3fifo".into(),
+    ]
+}
+
+/// The TOML file: the same settings as the flags, every one optional.
+///
+/// ```toml
+/// listen = "127.0.0.1:8080"
+/// origin = "http://127.0.0.1:9000"
+/// tiers = ["mem:256MiB:s3fifo", "file:/var/cache/daramjwee:10GiB"]
+/// fresh-for = "5m"
+/// negative-fresh-for = "30s"
+/// stale-if-error = "1h"
+/// admin-token = "secret"
+/// metrics-listen = "127.0.0.1:9090"
+/// origin-timeout = "10s"
+/// ```
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct FileConfig {
+    listen: Option<String>,
+    origin: Option<String>,
+    tiers: Option<Vec<String>>,
+    fresh_for: Option<String>,
+    negative_fresh_for: Option<String>,
+    stale_if_error: Option<String>,
+    admin_token: Option<String>,
+    metrics_listen: Option<String>,
+    origin_timeout: Option<String>,
+}
+
+/// The flags of `daramjwee serve`. Each overrides the same setting of
+/// `--config`.
+#[derive(Clone, Debug, Default, clap::Args)]
+#[command(after_long_help = SERVE_HELP)]
+pub struct ServeArgs {
+    /// A TOML file with any of the settings below (keys as the flags
+    /// without `--`, `tiers` as a list); flags override it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on. Default: 127.0.0.1:8080.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// Base URL of the origin; a request for /p?q is fetched from
+    /// ORIGIN/p?q. Default: a built-in demo origin on another loopback
+    /// port.
+    #[arg(long, value_name = "URL")]
+    pub origin: Option<String>,
+    /// A tier, fastest first; repeat for more. `mem[:SIZE[:POLICY]]`,
+    /// `file:DIR[:SIZE[:POLICY]]` or an object-store URL such as
+    /// `s3://bucket/prefix`. Default: `mem:256MiB:s3fifo` then
+    /// `file:./daramjwee-cache:1GiB:s3fifo`.
+    #[arg(long = "tier", value_name = "SPEC")]
+    pub tiers: Vec<String>,
+    /// Freshness of entries whose origin sent no max-age, e.g. `30s`,
+    /// `5m`. Default: 60s.
+    #[arg(long, value_name = "DUR")]
+    pub fresh_for: Option<String>,
+    /// Freshness of cached 404/410 answers. Default: 10s.
+    #[arg(long, value_name = "DUR")]
+    pub negative_fresh_for: Option<String>,
+    /// When the origin fails (5xx, reset, timeout), serve an expired copy
+    /// at most this far past its freshness instead of a 502. Default: 0
+    /// (off).
+    #[arg(long, value_name = "DUR")]
+    pub stale_if_error: Option<String>,
+    /// Bearer token that allows PUT and DELETE. Without it they answer 403.
+    #[arg(long, value_name = "TOKEN")]
+    pub admin_token: Option<String>,
+    /// Address for Prometheus `/metrics` and `/healthz`. Default: none.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<String>,
+    /// Bound on the origin's answer (status and headers). Default: 10s.
+    #[arg(long, value_name = "DUR")]
+    pub origin_timeout: Option<String>,
+}
+
+const SERVE_HELP: &str = "\
+Requests:
+  GET/HEAD /path?query   served from the cache, or fetched from ORIGIN/path?query
+  PUT /path              store the request body (Authorization: Bearer TOKEN)
+  DELETE /path           remove from every tier (Authorization: Bearer TOKEN)
+
+The origin's ETag, Content-Type and Cache-Control (no-store, private, max-age,
+s-maxage, stale-while-revalidate) are honoured; 404 and 410 are cached for
+--negative-fresh-for; 5xx, resets and timeouts answer 502 and are never cached.
+Every response carries Cache-Status (RFC 9211) and Age.
+
+Durations: 150ms, 30s, 5m, 1h, 2days ... Sizes: 512KiB, 256MiB, 10GiB, 1GB ...
+Policies: lru, s3fifo, sieve.";
+
+impl ServeArgs {
+    /// Combine the defaults, the `--config` file and the flags.
+    pub fn into_config(self) -> Result<ServeConfig> {
+        let file = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    Error::InvalidConfig(format!("config: cannot read {}: {e}", path.display()))
+                })?;
+                parse_file(&text)
+                    .map_err(|e| Error::InvalidConfig(format!("config: {}: {e}", path.display())))?
+            }
+            None => FileConfig::default(),
+        };
+        let mut config = ServeConfig::default();
+        let pick = |flag: Option<String>, file: Option<String>| flag.or(file);
+        if let Some(listen) = pick(self.listen, file.listen) {
+            config.listen = address("listen", &listen)?;
+        }
+        config.origin = pick(self.origin, file.origin);
+        if let Some(origin) = &config.origin {
+            check_origin(origin)?;
+        }
+        if !self.tiers.is_empty() {
+            config.tiers = self.tiers;
+        } else if let Some(tiers) = file.tiers {
+            config.tiers = tiers;
+        }
+        if config.tiers.is_empty() {
+            return Err(Error::InvalidConfig(
+                "tier: at least one tier is required".into(),
+            ));
+        }
+        if let Some(d) = pick(self.fresh_for, file.fresh_for) {
+            config.fresh_for = duration("fresh-for", &d)?;
+        }
+        if let Some(d) = pick(self.negative_fresh_for, file.negative_fresh_for) {
+            config.negative_fresh_for = duration("negative-fresh-for", &d)?;
+        }
+        if let Some(d) = pick(self.stale_if_error, file.stale_if_error) {
+            config.stale_if_error = duration("stale-if-error", &d)?;
+        }
+        if let Some(d) = pick(self.origin_timeout, file.origin_timeout) {
+            config.origin_timeout = duration("origin-timeout", &d)?;
+            if config.origin_timeout.is_zero() {
+                return Err(Error::InvalidConfig(
+                    "origin-timeout: must be positive".into(),
+                ));
+            }
+        }
+        config.admin_token = pick(self.admin_token, file.admin_token);
+        if config.admin_token.as_deref() == Some("") {
+            return Err(Error::InvalidConfig(
+                "admin-token: must not be empty".into(),
+            ));
+        }
+        if let Some(addr) = pick(self.metrics_listen, file.metrics_listen) {
+            config.metrics_listen = Some(address("metrics-listen", &addr)?);
+        }
+        Ok(config)
+    }
+}
+
+fn parse_file(text: &str) -> std::result::Result<FileConfig, toml::de::Error> {
+    toml::from_str(text)
+}
+
+/// Parse a duration such as `150ms`, `30s`, `5m`; a bare `0` is zero.
+pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
+    let text = text.trim();
+    if text == "0" {
+        return Ok(Duration::ZERO);
+    }
+    humantime::parse_duration(text).map_err(|e| format!("`{text}` is not a duration ({e})"))
+}
+
+fn duration(option: &str, text: &str) -> Result<Duration> {
+    parse_duration(text).map_err(|e| Error::InvalidConfig(format!("{option}: {e}")))
+}
+
+fn address(option: &str, text: &str) -> Result<SocketAddr> {
+    text.parse().map_err(|e| {
+        Error::InvalidConfig(format!(
+            "{option}: `{text}` is not an address such as 127.0.0.1:8080 ({e})"
+        ))
+    })
+}
+
+fn check_origin(origin: &str) -> Result<()> {
+    let url = url::Url::parse(origin)
+        .map_err(|e| Error::InvalidConfig(format!("origin: `{origin}` is not a URL ({e})")))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(Error::InvalidConfig(format!(
+            "origin: `{origin}` must be an http or https URL"
+        )));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(Error::InvalidConfig(format!(
+            "origin: `{origin}` must not have a query or fragment"
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rejects(args: ServeArgs, option: &str) {
+        match args.into_config() {
+            Err(Error::InvalidConfig(why)) => assert!(why.starts_with(option), "{why}"),
+            other => panic!("expected an error naming {option}, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_listen_on_loopback_8080_with_memory_and_file_tiers() {
+        let config = ServeArgs::default().into_config().unwrap();
+        assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(config.tiers.len(), 2);
+        assert!(config.tiers[0].starts_with("mem"));
+        assert!(config.tiers[1].starts_with("file:./daramjwee-cache"));
+        assert_eq!(config.origin, None);
+        assert_eq!(config.stale_if_error, Duration::ZERO);
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("serve.toml");
+        std::fs::write(
+            &path,
+            r#"
+listen = "127.0.0.1:9001"
+origin = "http://example.test:81"
+tiers = ["mem:1MiB:lru", "file:/tmp/x"]
+fresh-for = "5m"
+negative-fresh-for = "150ms"
+stale-if-error = "1h"
+admin-token = "from-file"
+metrics-listen = "127.0.0.1:9002"
+"#,
+        )
+        .unwrap();
+        let args = ServeArgs {
+            config: Some(path),
+            listen: Some("127.0.0.1:7000".into()),
+            tiers: vec!["mem".into()],
+            fresh_for: Some("30s".into()),
+            ..ServeArgs::default()
+        };
+        let config = args.into_config().unwrap();
+        assert_eq!(config.listen.to_string(), "127.0.0.1:7000");
+        assert_eq!(config.origin.as_deref(), Some("http://example.test:81"));
+        assert_eq!(config.tiers, vec!["mem".to_owned()]);
+        assert_eq!(config.fresh_for, Duration::from_secs(30));
+        assert_eq!(config.negative_fresh_for, Duration::from_millis(150));
+        assert_eq!(config.stale_if_error, Duration::from_secs(3600));
+        assert_eq!(config.admin_token.as_deref(), Some("from-file"));
+        assert_eq!(
+            config.metrics_listen.map(|a| a.to_string()).as_deref(),
+            Some("127.0.0.1:9002")
+        );
+    }
+
+    #[test]
+    fn bad_values_name_their_option() {
+        let with = |f: fn(&mut ServeArgs)| {
+            let mut args = ServeArgs::default();
+            f(&mut args);
+            args
+        };
+        rejects(with(|a| a.fresh_for = Some("soon".into())), "fresh-for");
+        rejects(
+            with(|a| a.stale_if_error = Some("5 parsecs".into())),
+            "stale-if-error",
+        );
+        rejects(with(|a| a.listen = Some("localhost".into())), "listen");
+        rejects(with(|a| a.origin = Some("ftp://x".into())), "origin");
+        rejects(with(|a| a.origin = Some("not a url".into())), "origin");
+        rejects(with(|a| a.admin_token = Some(String::new())), "admin-token");
+        rejects(
+            with(|a| a.origin_timeout = Some("0s".into())),
+            "origin-timeout",
+        );
+    }
+
+    #[test]
+    fn unknown_file_keys_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("serve.toml");
+        std::fs::write(&path, "lisen = \"127.0.0.1:1\"\n").unwrap();
+        let args = ServeArgs {
+            config: Some(path),
+            ..ServeArgs::default()
+        };
+        rejects(args, "config");
+    }
+}

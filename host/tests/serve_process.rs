@@ -1,0 +1,132 @@
+//! `daramjwee serve` as a real process: restarts and signals.
+
+#[path = "../../tests/support/origin.rs"]
+mod origin;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use bytes::Bytes;
+use origin::{Origin, Route};
+
+/// A running `daramjwee serve` and the address it printed.
+struct Proxy {
+    child: Child,
+    addr: String,
+}
+
+impl Proxy {
+    async fn start(origin: &Origin, cache_dir: &Path) -> Proxy {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_daramjwee"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--origin"])
+            .arg(origin.url())
+            .args(["--tier", "mem:64MiB:s3fifo", "--tier"])
+            .arg(format!("file:{}:64MiB:lru", cache_dir.display()))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let line = tokio::task::spawn_blocking(move || {
+            let mut line = String::new();
+            BufReader::new(stdout).read_line(&mut line).unwrap();
+            line
+        })
+        .await
+        .unwrap();
+        // "daramjwee serving http://ADDR (origin ...); ..."
+        let addr = line
+            .split_whitespace()
+            .find_map(|word| word.strip_prefix("http://"))
+            .unwrap_or_else(|| panic!("no address in {line:?}"))
+            .to_owned();
+        Proxy { child, addr }
+    }
+
+    fn url(&self, target: &str) -> String {
+        format!("http://{}{target}", self.addr)
+    }
+
+    fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    async fn wait(mut self) -> std::process::ExitStatus {
+        tokio::task::spawn_blocking(move || self.child.wait().unwrap())
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn get(url: &str) -> (u16, String, Bytes) {
+    let response = reqwest::get(url).await.unwrap();
+    let status = response.status().as_u16();
+    let cache_status = response
+        .headers()
+        .get("cache-status")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
+    (status, cache_status, response.bytes().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_with_an_empty_memory_tier_serves_from_the_file_tier() {
+    let origin = Origin::start().await;
+    origin.route("/kept", Route::ok("v1", "on disk"));
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = Proxy::start(&origin, dir.path()).await;
+    let (status, cache_status, body) = get(&proxy.url("/kept")).await;
+    assert_eq!((status, &body[..]), (200, &b"on disk"[..]));
+    assert!(cache_status.contains("fwd=miss"), "{cache_status}");
+    // A graceful stop drains the background copy into the file tier.
+    proxy.terminate();
+    assert!(proxy.wait().await.success());
+
+    let proxy = Proxy::start(&origin, dir.path()).await;
+    let (status, cache_status, body) = get(&proxy.url("/kept")).await;
+    assert_eq!((status, &body[..]), (200, &b"on disk"[..]));
+    assert_eq!(cache_status, "daramjwee; hit; detail=tier1");
+    assert_eq!(origin.hits("/kept"), 1, "the origin was not asked again");
+    let (_, cache_status, _) = get(&proxy.url("/kept")).await;
+    assert_eq!(cache_status, "daramjwee; hit; detail=tier0", "promoted");
+    proxy.terminate();
+    assert!(proxy.wait().await.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_the_request_in_flight() {
+    let origin = Origin::start().await;
+    origin.route(
+        "/slow",
+        Route::Ok {
+            tag: "\"s\"".into(),
+            body: Bytes::from_static(b"worth the wait"),
+            cache_control: None,
+            delay: Duration::from_millis(1500),
+        },
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = Proxy::start(&origin, dir.path()).await;
+    let url = proxy.url("/slow");
+    let request = tokio::spawn(async move { get(&url).await });
+    origin.arrived().await;
+    proxy.terminate();
+    let (status, _, body) = request.await.unwrap();
+    assert_eq!((status, &body[..]), (200, &b"worth the wait"[..]));
+    assert!(proxy.wait().await.success());
+}

@@ -1,0 +1,571 @@
+//! `daramjwee serve` end to end: a real origin (hyper) behind the proxy,
+//! a real client (reqwest) in front of it.
+
+#[path = "../support/origin.rs"]
+mod origin;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use daramjwee::serve::{ServeConfig, Server};
+use futures::StreamExt;
+use origin::{Origin, Route};
+use reqwest::StatusCode;
+use tokio::sync::Notify;
+
+const TOKEN: &str = "s3cret";
+
+async fn proxy(origin: &Origin, tweak: impl FnOnce(&mut ServeConfig)) -> Server {
+    let mut config = ServeConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        origin: Some(origin.url()),
+        tiers: vec!["mem".into()],
+        admin_token: Some(TOKEN.into()),
+        metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
+        ..ServeConfig::default()
+    };
+    tweak(&mut config);
+    Server::start(config).await.unwrap()
+}
+
+fn url(server: &Server, target: &str) -> String {
+    format!("http://{}{target}", server.local_addr())
+}
+
+struct Got {
+    status: StatusCode,
+    cache_status: String,
+    etag: Option<String>,
+    content_type: Option<String>,
+    age: Option<String>,
+    body: Bytes,
+}
+
+async fn send(request: reqwest::RequestBuilder) -> Got {
+    let response = request.send().await.unwrap();
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_owned())
+    };
+    let cache_status = header("cache-status").expect("every response has Cache-Status");
+    let (etag, content_type, age) = (header("etag"), header("content-type"), header("age"));
+    let status = response.status();
+    let body = response.bytes().await.unwrap();
+    Got {
+        status,
+        cache_status,
+        etag,
+        content_type,
+        age,
+        body,
+    }
+}
+
+async fn get(server: &Server, target: &str) -> Got {
+    send(reqwest::Client::new().get(url(server, target))).await
+}
+
+/// Poll `target` until `done` holds; the background work it waits for has
+/// no other signal the client can see.
+async fn eventually(server: &Server, target: &str, done: impl Fn(&Got) -> bool) -> Got {
+    for _ in 0..100 {
+        let got = get(server, target).await;
+        if done(&got) {
+            return got;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{target} never reached the expected state");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cold_miss_then_hit_calls_the_origin_once() {
+    let origin = Origin::start().await;
+    origin.route("/a", Route::ok("v1", "hello"));
+    let server = proxy(&origin, |_| {}).await;
+    let first = get(&server, "/a").await;
+    assert_eq!(first.status, StatusCode::OK);
+    assert_eq!(first.body, "hello");
+    assert_eq!(
+        first.cache_status,
+        "daramjwee; fwd=miss; fwd-status=200; stored"
+    );
+    assert_eq!(first.etag.as_deref(), Some("\"v1\""));
+    assert_eq!(first.content_type.as_deref(), Some("text/x-test"));
+    assert_eq!(first.age.as_deref(), Some("0"));
+    let second = get(&server, "/a").await;
+    assert_eq!(second.body, "hello");
+    assert_eq!(second.cache_status, "daramjwee; hit; detail=tier0");
+    assert_eq!(second.etag.as_deref(), Some("\"v1\""));
+    assert_eq!(second.content_type.as_deref(), Some("text/x-test"));
+    assert!(second.age.is_some());
+    assert_eq!(origin.hits("/a"), 1);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_if_none_match_gets_304_without_a_body() {
+    let origin = Origin::start().await;
+    origin.route("/a", Route::ok("v1", "hello"));
+    let server = proxy(&origin, |_| {}).await;
+    let client = reqwest::Client::new();
+    // Cold: the origin's fresh answer matches the client's tag.
+    let cold = send(
+        client
+            .get(url(&server, "/a"))
+            .header("if-none-match", "\"v1\""),
+    )
+    .await;
+    assert_eq!(cold.status, StatusCode::NOT_MODIFIED);
+    assert!(cold.body.is_empty());
+    // Warm: answered from the cache.
+    let warm = send(
+        client
+            .get(url(&server, "/a"))
+            .header("if-none-match", "W/\"v1\""),
+    )
+    .await;
+    assert_eq!(warm.status, StatusCode::NOT_MODIFIED);
+    assert!(warm.body.is_empty());
+    assert_eq!(warm.etag.as_deref(), Some("\"v1\""));
+    // A hit, or a join of the cold request's fill still landing in tier 0.
+    assert!(
+        !warm.cache_status.contains("fwd-status"),
+        "{}",
+        warm.cache_status
+    );
+    let other = send(
+        client
+            .get(url(&server, "/a"))
+            .header("if-none-match", "\"v0\""),
+    )
+    .await;
+    assert_eq!(
+        (other.status, &other.body[..]),
+        (StatusCode::OK, &b"hello"[..])
+    );
+    assert_eq!(origin.hits("/a"), 1);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn origin_404_is_cached_for_the_negative_window_then_fetched_again() {
+    let origin = Origin::start().await;
+    let server = proxy(&origin, |c| {
+        c.negative_fresh_for = Duration::from_millis(300);
+    })
+    .await;
+    let first = get(&server, "/gone").await;
+    assert_eq!(first.status, StatusCode::NOT_FOUND);
+    assert!(
+        first.cache_status.contains("fwd=miss"),
+        "{}",
+        first.cache_status
+    );
+    let second = get(&server, "/gone").await;
+    assert_eq!(second.status, StatusCode::NOT_FOUND);
+    assert!(second.cache_status.starts_with("daramjwee; hit"));
+    assert_eq!(origin.hits("/gone"), 1);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    origin.route("/gone", Route::ok("v1", "back"));
+    let back = eventually(&server, "/gone", |g| g.status == StatusCode::OK).await;
+    assert_eq!(back.body, "back");
+    assert!(origin.hits("/gone") >= 2);
+    origin.route("/410", Route::Status(410));
+    assert_eq!(get(&server, "/410").await.status, StatusCode::NOT_FOUND);
+    assert_eq!(get(&server, "/410").await.status, StatusCode::NOT_FOUND);
+    assert_eq!(origin.hits("/410"), 1);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn put_and_delete_need_the_admin_token() {
+    let origin = Origin::start().await;
+    let server = proxy(&origin, |_| {}).await;
+    let client = reqwest::Client::new();
+    let put = |auth: Option<&str>| {
+        let mut request = client
+            .put(url(&server, "/w"))
+            .header("content-type", "application/x-written")
+            .body("written");
+        if let Some(auth) = auth {
+            request = request.header("authorization", auth);
+        }
+        request
+    };
+    assert_eq!(send(put(None)).await.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        send(put(Some("Bearer wrong"))).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        send(put(Some(&format!("Basic {TOKEN}")))).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(get(&server, "/w").await.status, StatusCode::NOT_FOUND);
+    assert_eq!(origin.hits("/w"), 1);
+    let stored = send(put(Some(&format!("Bearer {TOKEN}")))).await;
+    assert_eq!(stored.status, StatusCode::NO_CONTENT);
+    let read = get(&server, "/w").await;
+    assert_eq!(
+        (read.status, &read.body[..]),
+        (StatusCode::OK, &b"written"[..])
+    );
+    assert_eq!(read.content_type.as_deref(), Some("application/x-written"));
+    assert_eq!(origin.hits("/w"), 1, "served from the cache");
+    let delete = |auth: Option<&str>| {
+        let mut request = client.delete(url(&server, "/w"));
+        if let Some(auth) = auth {
+            request = request.header("authorization", auth);
+        }
+        request
+    };
+    assert_eq!(send(delete(None)).await.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        send(delete(Some("Bearer nope"))).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(get(&server, "/w").await.body, "written");
+    assert_eq!(
+        send(delete(Some(&format!("Bearer {TOKEN}")))).await.status,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(get(&server, "/w").await.status, StatusCode::NOT_FOUND);
+    assert_eq!(origin.hits("/w"), 2, "gone from the cache");
+    server.shutdown().await;
+
+    let closed = proxy(&origin, |c| c.admin_token = None).await;
+    let refused = send(
+        client
+            .put(url(&closed, "/w"))
+            .header("authorization", format!("Bearer {TOKEN}"))
+            .body("x"),
+    )
+    .await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        send(client.delete(url(&closed, "/w"))).await.status,
+        StatusCode::FORBIDDEN
+    );
+    closed.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn origin_500_is_a_502_and_never_cached() {
+    let origin = Origin::start().await;
+    origin.route("/e", Route::Status(500));
+    let server = proxy(&origin, |_| {}).await;
+    for _ in 0..2 {
+        let got = get(&server, "/e").await;
+        assert_eq!(got.status, StatusCode::BAD_GATEWAY);
+        assert!(
+            got.cache_status.contains("fwd-status=500"),
+            "{}",
+            got.cache_status
+        );
+    }
+    assert_eq!(origin.hits("/e"), 2);
+    origin.route("/e", Route::ok("v", "recovered"));
+    assert_eq!(get(&server, "/e").await.body, "recovered");
+    // An origin that is not there at all.
+    let nowhere = proxy(&origin, |c| c.origin = Some("http://127.0.0.1:1".into())).await;
+    assert_eq!(get(&nowhere, "/x").await.status, StatusCode::BAD_GATEWAY);
+    nowhere.shutdown().await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_origin_is_a_502_and_never_cached() {
+    let origin = Origin::start().await;
+    origin.route(
+        "/slow",
+        Route::Ok {
+            tag: "\"s\"".into(),
+            body: Bytes::from_static(b"late"),
+            cache_control: None,
+            delay: Duration::from_secs(3),
+        },
+    );
+    let server = proxy(&origin, |c| c.origin_timeout = Duration::from_millis(200)).await;
+    let got = get(&server, "/slow").await;
+    assert_eq!(got.status, StatusCode::BAD_GATEWAY);
+    assert!(
+        got.cache_status.contains("origin-error"),
+        "{}",
+        got.cache_status
+    );
+    origin.route("/slow", Route::ok("f", "fast"));
+    assert_eq!(get(&server, "/slow").await.body, "fast");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn origin_no_store_is_not_stored_and_max_age_is_honoured() {
+    let origin = Origin::start().await;
+    origin.route("/private", Route::controlled("p", "mine", "private"));
+    origin.route("/nostore", Route::controlled("n", "fleeting", "no-store"));
+    origin.route("/long", Route::controlled("l", "lasting", "max-age=3600"));
+    origin.route("/short", Route::controlled("s", "brief", "max-age=1"));
+    // Without its own max-age every entry would be stale at once.
+    let server = proxy(&origin, |c| c.fresh_for = Duration::ZERO).await;
+    for target in ["/private", "/nostore"] {
+        for _ in 0..2 {
+            let got = get(&server, target).await;
+            assert_eq!(got.status, StatusCode::OK);
+            assert!(!got.cache_status.contains("stored"), "{}", got.cache_status);
+        }
+        assert_eq!(origin.hits(target), 2, "{target} was stored");
+    }
+    get(&server, "/long").await;
+    let hit = get(&server, "/long").await;
+    assert_eq!(hit.cache_status, "daramjwee; hit; detail=tier0");
+    assert_eq!(origin.hits("/long"), 1);
+    get(&server, "/short").await;
+    assert!(get(&server, "/short").await.cache_status.contains("hit"));
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // Expired: revalidated with the origin before it is served.
+    let revalidated = get(&server, "/short").await;
+    assert_eq!(revalidated.body, "brief");
+    assert!(
+        revalidated
+            .cache_status
+            .contains("fwd=stale; fwd-status=304"),
+        "{}",
+        revalidated.cache_status
+    );
+    assert_eq!(origin.hits("/short"), 2);
+    assert!(origin.conditional().contains(&"\"s\"".to_owned()));
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_while_revalidate_serves_stale_then_the_new_version() {
+    let origin = Origin::start().await;
+    let control = "max-age=1, stale-while-revalidate=60";
+    origin.route("/swr", Route::controlled("v1", "old", control));
+    let server = proxy(&origin, |_| {}).await;
+    assert_eq!(get(&server, "/swr").await.body, "old");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    origin.route("/swr", Route::controlled("v2", "new", control));
+    let stale = get(&server, "/swr").await;
+    assert_eq!(stale.body, "old", "served at once");
+    assert!(
+        stale.cache_status.contains("fwd=stale"),
+        "{}",
+        stale.cache_status
+    );
+    let fresh = eventually(&server, "/swr", |g| g.body == "new").await;
+    assert_eq!(fresh.etag.as_deref(), Some("\"v2\""));
+    assert_eq!(origin.hits("/swr"), 2);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_if_error_serves_the_expired_copy_when_the_origin_fails() {
+    let origin = Origin::start().await;
+    origin.route("/sie", Route::controlled("v1", "kept", "max-age=1"));
+    let server = proxy(&origin, |c| c.stale_if_error = Duration::from_secs(60)).await;
+    assert_eq!(get(&server, "/sie").await.body, "kept");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    origin.route("/sie", Route::Status(503));
+    let got = get(&server, "/sie").await;
+    assert_eq!((got.status, &got.body[..]), (StatusCode::OK, &b"kept"[..]));
+    assert!(
+        got.cache_status.contains("fwd=stale") && got.cache_status.contains("stale-if-error"),
+        "{}",
+        got.cache_status
+    );
+    assert_eq!(origin.hits("/sie"), 2);
+    // A key never fetched has nothing to fall back on.
+    origin.route("/none", Route::Status(503));
+    assert_eq!(get(&server, "/none").await.status, StatusCode::BAD_GATEWAY);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_leaving_mid_body_publishes_nothing() {
+    let origin = Origin::start().await;
+    let dropped = Arc::new(Notify::new());
+    origin.route(
+        "/big",
+        Route::Endless {
+            dropped: Arc::clone(&dropped),
+        },
+    );
+    let server = proxy(&origin, |_| {}).await;
+    {
+        let client = reqwest::Client::new();
+        let response = client.get(url(&server, "/big")).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let mut body = response.bytes_stream();
+        assert!(body.next().await.unwrap().is_ok());
+    }
+    // The proxy gives up on the origin once nobody reads.
+    tokio::time::timeout(Duration::from_secs(20), dropped.notified())
+        .await
+        .expect("the proxy stopped reading the origin");
+    origin.route("/big", Route::ok("v", "complete"));
+    let got = get(&server, "/big").await;
+    assert_eq!(got.body, "complete");
+    assert!(
+        got.cache_status.contains("fwd=miss"),
+        "{}",
+        got.cache_status
+    );
+    assert_eq!(origin.hits("/big"), 2);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundred_concurrent_cold_gets_fetch_once() {
+    let origin = Origin::start().await;
+    let body: String = (0..64 * 1024)
+        .map(|i| (b'a' + (i % 26) as u8) as char)
+        .collect();
+    origin.route(
+        "/herd",
+        Route::Ok {
+            tag: "\"h\"".into(),
+            body: Bytes::from(body.clone()),
+            cache_control: None,
+            delay: Duration::from_millis(300),
+        },
+    );
+    let server = Arc::new(proxy(&origin, |_| {}).await);
+    let client = reqwest::Client::new();
+    let mut tasks = Vec::new();
+    for _ in 0..100 {
+        let request = client.get(url(&server, "/herd"));
+        tasks.push(tokio::spawn(async move { send(request).await }));
+    }
+    let mut collapsed = 0;
+    for task in tasks {
+        let got = task.await.unwrap();
+        assert_eq!(got.status, StatusCode::OK);
+        assert_eq!(got.body, body.as_bytes());
+        collapsed += usize::from(got.cache_status.contains("collapsed"));
+    }
+    assert_eq!(origin.hits("/herd"), 1);
+    assert!(collapsed > 0);
+    Arc::try_unwrap(server)
+        .ok()
+        .expect("no other owner")
+        .shutdown()
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn odd_keys_round_trip() {
+    let origin = Origin::start().await;
+    origin.fallback(Route::Echo);
+    let server = proxy(&origin, |_| {}).await;
+    let client = reqwest::Client::new();
+    for target in [
+        "/a/b/c/",
+        "/with space",
+        "/pct%2Fslash%20and%25",
+        "/유니코드/키",
+        "/q?x=1&y=a%20b&z=한",
+        "/%00nul",
+    ] {
+        let request_url = reqwest::Url::parse(&url(&server, target)).unwrap();
+        let sent = match request_url.query() {
+            Some(query) => format!("{}?{query}", request_url.path()),
+            None => request_url.path().to_owned(),
+        };
+        for round in 0..2 {
+            let got = send(client.get(request_url.clone())).await;
+            assert_eq!(got.status, StatusCode::OK, "{target}");
+            assert_eq!(
+                got.body,
+                sent.as_bytes(),
+                "{target}: the origin saw the key"
+            );
+            assert_eq!(got.cache_status.contains("hit"), round == 1, "{target}");
+        }
+        assert_eq!(origin.hits(&sent), 1, "{target}");
+        // Written and deleted under the same key.
+        let put = client
+            .put(request_url.clone())
+            .header("authorization", format!("Bearer {TOKEN}"))
+            .body("put");
+        assert_eq!(send(put).await.status, StatusCode::NO_CONTENT, "{target}");
+        assert_eq!(send(client.get(request_url.clone())).await.body, "put");
+        let delete = client
+            .delete(request_url.clone())
+            .header("authorization", format!("Bearer {TOKEN}"));
+        assert_eq!(send(delete).await.status, StatusCode::NO_CONTENT);
+        assert_eq!(send(client.get(request_url)).await.body, sent.as_bytes());
+        assert_eq!(origin.hits(&sent), 2, "{target}");
+    }
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn head_fills_the_cache_and_sends_no_body() {
+    let origin = Origin::start().await;
+    origin.route("/h", Route::ok("v", "headless"));
+    let server = proxy(&origin, |_| {}).await;
+    let client = reqwest::Client::new();
+    let head = client.head(url(&server, "/h")).send().await.unwrap();
+    assert_eq!(head.status(), StatusCode::OK);
+    assert!(head.bytes().await.unwrap().is_empty());
+    let got = eventually(&server, "/h", |g| g.cache_status.contains("hit")).await;
+    assert_eq!(got.body, "headless");
+    assert_eq!(origin.hits("/h"), 1);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_hits_misses_and_errors() {
+    let origin = Origin::start().await;
+    origin.route("/m", Route::ok("v", "measured"));
+    origin.route("/bad", Route::Status(500));
+    let server = proxy(&origin, |_| {}).await;
+    get(&server, "/m").await;
+    get(&server, "/m").await;
+    get(&server, "/bad").await;
+    let metrics_addr = server.metrics_addr().unwrap();
+    let text = reqwest::get(format!("http://{metrics_addr}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "daramjwee_hits_total{tier=\"0\"} 1",
+        "daramjwee_misses_total 1",
+        "daramjwee_errors_total 1",
+        "daramjwee_bytes_sent_total 16",
+        "daramjwee_queue_depth ",
+        "daramjwee_request_duration_seconds_count 3",
+    ] {
+        assert!(text.contains(line), "missing {line:?} in\n{text}");
+    }
+    let health = reqwest::get(format!("http://{metrics_addr}/healthz"))
+        .await
+        .unwrap();
+    assert_eq!(health.status(), StatusCode::OK);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_origin_answers_without_an_origin() {
+    let server = Server::start(ServeConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        tiers: vec!["mem".into()],
+        ..ServeConfig::default()
+    })
+    .await
+    .unwrap();
+    let first = get(&server, "/hello").await;
+    assert_eq!(first.status, StatusCode::OK);
+    assert!(first.cache_status.contains("fwd=miss"));
+    let second = get(&server, "/hello").await;
+    assert_eq!(second.cache_status, "daramjwee; hit; detail=tier0");
+    assert_eq!(first.body, second.body);
+    server.shutdown().await;
+}
