@@ -222,6 +222,7 @@ def stream(url, pids):
 
 
 SERVERS = ["static", "nginx", "varnish", "daramjwee"]
+RATIO_METRICS = {"req/s", "p50-ms", "p99-ms", "wall-s", "MiB/s", "peak-RSS-MiB"}
 RATIOS = [("nginx", "d/nginx"), ("varnish", "d/varnish"), ("static", "d/static")]
 
 
@@ -264,7 +265,7 @@ def table(path):
     for key in order:
         vals = rows[key]
         line = [key[0], key[1]] + [fmt(vals.get(s)) for s in SERVERS]
-        d = vals.get("daramjwee")
+        d = vals.get("daramjwee") if key[1] in RATIO_METRICS else None
         for other, _ in RATIOS:
             o = vals.get(other)
             if isinstance(d, float) and isinstance(o, float) and o != 0:

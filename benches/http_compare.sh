@@ -255,7 +255,7 @@ if [ "$have_djw" = 1 ]; then
     tier_args=()
     for t in "${tiers[@]}"; do tier_args+=(--tier "$t"); done
     start daramjwee "$djw" serve --listen "127.0.0.1:$p_djw" --origin "http://127.0.0.1:$p_origin" \
-        "${tier_args[@]}" --fresh-for 3600s --metrics-listen "127.0.0.1:$p_metrics"
+        "${tier_args[@]}" --fresh-for 1h --metrics-listen "127.0.0.1:$p_metrics"
     servers+=(daramjwee)
     port[daramjwee]=$p_djw
 fi
@@ -321,12 +321,9 @@ done
 for s in "${servers[@]}"; do
     pid_var="pid_$s"
     main=${!pid_var}
-    procs=("$main")
-    if [ "$s" = nginx ] || [ "$s" = static ] || [ "$s" = varnish ]; then
-        # nginx workers and the Varnish cache process are children of the started process.
-        mapfile -t kids < <(pgrep -P "$main" || true)
-        procs+=("${kids[@]}")
-    fi
+    # nginx workers and the Varnish cache process are children of the started process.
+    mapfile -t kids < <(pgrep -P "$main" || true)
+    procs=("$main" "${kids[@]}")
     url="http://127.0.0.1:${port[$s]}/obj1g?via=$s&rss=$run_id"
     log "cold-1GiB $s (pids ${procs[*]})"
     r=$(timeout 600 python3 "$helper" stream "$url" "${procs[@]}") || r='{}'
@@ -335,6 +332,11 @@ for s in "${servers[@]}"; do
     record cold-1GiB peak-RSS-MiB "$s" "$(json '.get("hwm_mib")' <<<"$r")"
     [ "$s" = static ] || record cold-1GiB origin-fetches "$s" "$(fetches "/obj1g?via=$s&rss=$run_id ")"
 done
+
+if [ "$have_djw" = 1 ]; then
+    log "daramjwee metrics (http://127.0.0.1:$p_metrics/metrics):"
+    curl -s --max-time 5 "http://127.0.0.1:$p_metrics/metrics" | head -60 >&2 || log "no metrics answered"
+fi
 
 echo
 echo "command: $cmdline"
