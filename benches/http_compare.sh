@@ -59,6 +59,10 @@ while [ $# -gt 0 ]; do
     esac
 done
 [ "$quick" = 1 ] && duration=2s
+for v in connections threads stampede_n stampede_secs; do
+    [[ "${!v}" =~ ^[1-9][0-9]*$ ]] || { f=${v%_n}; echo "--${f//_/-}: '${!v}' is not a positive whole number" >&2; exit 2; }
+done
+[[ "$duration" =~ ^[1-9][0-9]*[smh]?$ ]] || { echo "--duration: '$duration' is not like 10s, 2m" >&2; exit 2; }
 
 log() { printf '== %s\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
