@@ -11,12 +11,13 @@ mod error;
 mod fill;
 mod freshness;
 mod generation;
+pub mod http;
 mod meta;
 pub mod policy;
 mod runtime;
 mod wait;
 
-#[cfg(target_arch = "wasm32")]
+#[cfg(all(target_arch = "wasm32", feature = "guest"))]
 mod guest;
 
 #[cfg(test)]

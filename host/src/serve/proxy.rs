@@ -17,26 +17,14 @@ use subtle::ConstantTimeEq;
 
 use super::metrics::Metrics;
 use crate::{Cache, Error, FetchResult, Fetcher, GetResponse, Metadata, Result, Source, Status};
+pub use daramjwee_component::http::CacheControl;
+use daramjwee_component::http::{
+    CACHE_STATUS, CONTENT_TYPE_ATTR, Forward as Outcome, Served, cache_status as status_line,
+    failure_status,
+};
 
 /// Body of every response the proxy sends.
 pub type ProxyBody = UnsyncBoxBody<Bytes, std::io::Error>;
-
-/// The `Cache-Status` header (RFC 9211).
-const CACHE_STATUS: &str = "cache-status";
-
-/// Attribute under which an entry keeps its `Content-Type`.
-const CONTENT_TYPE_ATTR: &str = "content-type";
-
-/// What one request's origin fetch did, for its `Cache-Status`.
-#[derive(Clone, Debug, Default)]
-struct Outcome {
-    /// The origin was asked.
-    fetched: bool,
-    /// The origin's status, when it answered.
-    status: Option<u16>,
-    /// The origin forbade storing its answer.
-    no_store: bool,
-}
 
 /// Shared by every request.
 pub(crate) struct State {
@@ -112,16 +100,9 @@ impl Fetcher for HttpOrigin {
                     meta.attributes
                         .push((CONTENT_TYPE_ATTR.into(), content_type.into()));
                 }
-                if let Some(fresh) = control.s_maxage.or(control.max_age) {
-                    meta.fresh_for = Some(Duration::from_secs(fresh));
-                    // An explicit lifetime without stale-while-revalidate
-                    // means: revalidate before serving once it is over.
-                    meta.stale_for = Some(Duration::from_secs(
-                        control.stale_while_revalidate.unwrap_or(0),
-                    ));
-                } else if let Some(swr) = control.stale_while_revalidate {
-                    meta.stale_for = Some(Duration::from_secs(swr));
-                }
+                let (fresh, stale) = control.windows();
+                meta.fresh_for = fresh.map(Duration::from_secs);
+                meta.stale_for = stale.map(Duration::from_secs);
                 self.record(|o| o.no_store = control.no_store);
                 let body = response
                     .bytes_stream()
@@ -134,44 +115,6 @@ impl Fetcher for HttpOrigin {
             }
             other => Err(Error::Origin(format!("{url} answered {other}"))),
         }
-    }
-}
-
-/// The parts of `Cache-Control` a shared cache acts on.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct CacheControl {
-    /// `no-store` or `private`: keep no copy.
-    pub no_store: bool,
-    /// `max-age`, in seconds.
-    pub max_age: Option<u64>,
-    /// `s-maxage`, in seconds; wins over `max-age` in a shared cache.
-    pub s_maxage: Option<u64>,
-    /// `stale-while-revalidate`, in seconds.
-    pub stale_while_revalidate: Option<u64>,
-}
-
-impl CacheControl {
-    /// Parse the values of every `Cache-Control` header of a response.
-    /// Unknown or malformed directives are ignored, as RFC 9111 asks.
-    pub fn parse<'a>(values: impl IntoIterator<Item = &'a str>) -> Self {
-        let mut control = CacheControl::default();
-        for directive in values.into_iter().flat_map(|v| v.split(',')) {
-            let (name, value) = match directive.split_once('=') {
-                Some((name, value)) => (name.trim(), Some(value.trim().trim_matches('"'))),
-                None => (directive.trim(), None),
-            };
-            let seconds = || value.and_then(|v| v.parse::<u64>().ok());
-            match name.to_ascii_lowercase().as_str() {
-                "no-store" | "private" => control.no_store = true,
-                "max-age" => control.max_age = seconds().or(control.max_age),
-                "s-maxage" => control.s_maxage = seconds().or(control.s_maxage),
-                "stale-while-revalidate" => {
-                    control.stale_while_revalidate = seconds().or(control.stale_while_revalidate);
-                }
-                _ => {}
-            }
-        }
-        control
     }
 }
 
@@ -311,36 +254,21 @@ async fn get(state: &State, key: &str, request: &Request<Incoming>) -> Response<
 
 /// The `Cache-Status` of an answer from the cache.
 fn cache_status(response: &GetResponse, outcome: &Outcome, fresh_for: Duration) -> String {
-    let fwd_status = outcome
-        .status
-        .map(|s| format!("; fwd-status={s}"))
-        .unwrap_or_default();
-    let stored = if outcome.no_store { "" } else { "; stored" };
-    match response.source {
-        Source::Origin => format!("daramjwee; fwd=miss{fwd_status}{stored}"),
-        Source::Joined => "daramjwee; fwd=miss; collapsed".into(),
+    let served = match response.source {
+        Source::Origin => Served::Origin,
+        Source::Joined => Served::Joined,
         // Past its stale bound, a stale answer can only be the origin
-        // failing; within it, a refresh was scheduled (whose fetch may
-        // already be running, so `outcome` cannot tell them apart).
-        Source::Tier(i) if response.stale && expired(&response.meta, fresh_for) => {
-            format!("daramjwee; fwd=stale{fwd_status}; detail=stale-if-error-tier{i}")
-        }
-        Source::Tier(i) if response.stale => {
-            format!("daramjwee; fwd=stale; detail=revalidating-tier{i}")
-        }
-        // The origin confirmed our expired copy.
-        Source::Tier(i) if outcome.fetched => {
-            format!("daramjwee; fwd=stale{fwd_status}; detail=tier{i}")
-        }
-        Source::Tier(i) => format!("daramjwee; hit; detail=tier{i}"),
-    }
+        // failing.
+        Source::Tier(index) => Served::Tier {
+            index,
+            stale: response.stale,
+            expired: response.stale && expired(&response.meta, fresh_for),
+        },
+    };
+    status_line(served, outcome)
 }
 
 fn failure(e: &Error, outcome: &Outcome) -> Response<ProxyBody> {
-    let fwd_status = outcome
-        .status
-        .map(|s| format!("; fwd-status={s}"))
-        .unwrap_or_default();
     let (status, detail) = match e {
         Error::InvalidKey(_) => (StatusCode::BAD_REQUEST, "invalid-key"),
         Error::Closed => (StatusCode::SERVICE_UNAVAILABLE, "closed"),
@@ -348,11 +276,8 @@ fn failure(e: &Error, outcome: &Outcome) -> Response<ProxyBody> {
         _ if outcome.fetched => (StatusCode::BAD_GATEWAY, "origin-error"),
         _ => (StatusCode::BAD_GATEWAY, "cache-error"),
     };
-    let fwd = if outcome.fetched { "; fwd=miss" } else { "" };
     let mut response = text(status, &format!("{e}\n"));
-    if let Ok(value) =
-        HeaderValue::from_str(&format!("daramjwee{fwd}{fwd_status}; detail={detail}"))
-    {
+    if let Ok(value) = HeaderValue::from_str(&failure_status(detail, outcome)) {
         response.headers_mut().insert(CACHE_STATUS, value);
     }
     response
@@ -507,25 +432,6 @@ fn text(status: StatusCode, message: &str) -> Response<ProxyBody> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn cache_control_directives_are_read() {
-        let c = CacheControl::parse(["public, max-age=60", "stale-while-revalidate=\"30\""]);
-        assert_eq!(
-            c,
-            CacheControl {
-                no_store: false,
-                max_age: Some(60),
-                s_maxage: None,
-                stale_while_revalidate: Some(30),
-            }
-        );
-        assert!(CacheControl::parse(["Private"]).no_store);
-        assert!(CacheControl::parse(["max-age=5, no-store"]).no_store);
-        let c = CacheControl::parse(["max-age=5, s-maxage=50, max-age=oops"]);
-        assert_eq!((c.max_age, c.s_maxage), (Some(5), Some(50)));
-        assert_eq!(CacheControl::parse(["max-age=-1"]).max_age, None);
-    }
 
     #[test]
     fn token_digests_differ_for_different_tokens() {
