@@ -4,9 +4,8 @@
 
 use std::env;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-const TARGET: &str = "wasm32-wasip2";
+mod wasm_build;
 
 fn main() {
     println!("cargo:rerun-if-env-changed=DARAMJWEE_COMPONENT_WASM");
@@ -34,70 +33,8 @@ fn main() {
     }
 }
 
-/// Build the component crate for wasm into `target_dir`, returning the
-/// `.wasm` path.
+/// Build the engine component into `target_dir`, returning its path.
 fn build_component(root: &Path, target_dir: &Path, features: &[&str]) -> PathBuf {
-    ensure_target();
-    let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    cmd.current_dir(root)
-        .args([
-            "build",
-            "--release",
-            "--locked",
-            "-p",
-            "daramjwee-component",
-            "--target",
-            TARGET,
-        ])
-        .arg("--target-dir")
-        .arg(target_dir);
-    if !features.is_empty() {
-        cmd.arg("--features").arg(features.join(","));
-    }
-    // The outer build's flags are for the host, not for wasm.
-    for var in [
-        "CARGO_ENCODED_RUSTFLAGS",
-        "RUSTFLAGS",
-        "CARGO_BUILD_TARGET",
-        "CARGO_TARGET_DIR",
-        "RUSTC_WRAPPER",
-    ] {
-        cmd.env_remove(var);
-    }
-    let status = cmd
-        .status()
-        .expect("cannot run cargo to build the engine component");
-    assert!(
-        status.success(),
-        "building the engine component for {TARGET} failed"
-    );
-    target_dir
-        .join(TARGET)
-        .join("release")
+    wasm_build::build_wasm(root, target_dir, &["daramjwee-component"], features)
         .join("daramjwee_component.wasm")
-}
-
-/// Install the wasm target with rustup when it is missing.
-fn ensure_target() {
-    let rustc = env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
-    let sysroot = Command::new(rustc)
-        .args(["--print", "sysroot"])
-        .output()
-        .ok();
-    let installed = sysroot.is_some_and(|o| {
-        Path::new(String::from_utf8_lossy(&o.stdout).trim())
-            .join("lib/rustlib")
-            .join(TARGET)
-            .exists()
-    });
-    if !installed {
-        let added = Command::new("rustup")
-            .args(["target", "add", TARGET])
-            .status();
-        assert!(
-            added.is_ok_and(|s| s.success()),
-            "the {TARGET} target is missing and `rustup target add {TARGET}` failed; install it and build again"
-        );
-    }
 }

@@ -28,6 +28,101 @@ impl Metadata {
     }
 }
 
+impl Metadata {
+    /// Append the binary form of this metadata to `out`: little-endian
+    /// lengths and times in ms, for stores that keep metadata as bytes.
+    /// [`Metadata::decode`] reads it back.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        put_str(out, &self.tag);
+        out.push(u8::from(self.negative));
+        for value in [self.cached_at, self.fresh_for, self.stale_for] {
+            match value {
+                None => out.push(0),
+                Some(v) => {
+                    out.push(1);
+                    out.extend_from_slice(&v.to_le_bytes());
+                }
+            }
+        }
+        out.extend_from_slice(&(self.attributes.len() as u32).to_le_bytes());
+        for (name, value) in &self.attributes {
+            put_str(out, name);
+            put_str(out, value);
+        }
+    }
+
+    /// Read metadata written by [`Metadata::encode`]; `None` when `bytes`
+    /// is short, long or malformed, never a guess.
+    pub fn decode(bytes: &[u8]) -> Option<Metadata> {
+        let mut d = Decoder(bytes);
+        let tag = d.string()?;
+        let negative = match d.u8()? {
+            0 => false,
+            1 => true,
+            _ => return None,
+        };
+        let mut times = [None; 3];
+        for time in &mut times {
+            *time = match d.u8()? {
+                0 => None,
+                1 => Some(d.u64()?),
+                _ => return None,
+            };
+        }
+        let [cached_at, fresh_for, stale_for] = times;
+        let count = d.u32()? as usize;
+        // Each attribute takes at least 8 bytes: bound the allocation by
+        // the input, not by a count that may be garbage.
+        let mut attributes = Vec::with_capacity(count.min(d.0.len() / 8));
+        for _ in 0..count {
+            attributes.push((d.string()?, d.string()?));
+        }
+        d.0.is_empty().then_some(Metadata {
+            tag,
+            cached_at,
+            negative,
+            fresh_for,
+            stale_for,
+            attributes,
+        })
+    }
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    out.extend_from_slice(&(s.len() as u32).to_le_bytes());
+    out.extend_from_slice(s.as_bytes());
+}
+
+struct Decoder<'a>(&'a [u8]);
+
+impl Decoder<'_> {
+    fn take(&mut self, n: usize) -> Option<&[u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Some(head)
+    }
+
+    fn u8(&mut self) -> Option<u8> {
+        self.take(1).map(|b| b[0])
+    }
+
+    fn u32(&mut self) -> Option<u32> {
+        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
+    }
+
+    fn u64(&mut self) -> Option<u64> {
+        Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
+    }
+
+    fn string(&mut self) -> Option<String> {
+        let len = self.u32()? as usize;
+        String::from_utf8(self.take(len)?.to_vec()).ok()
+    }
+}
+
 /// Whether an `If-None-Match` header value matches an entry's `tag`, with
 /// HTTP's weak comparison: `W/` and quotes are ignored, the header may be a
 /// comma list, `*` matches any entry, and an empty header or empty tag
@@ -49,7 +144,32 @@ fn opaque(tag: &str) -> &str {
 
 #[cfg(test)]
 mod tests {
-    use super::if_none_match;
+    use super::{Metadata, if_none_match};
+
+    #[test]
+    fn metadata_round_trips_and_rejects_damage() {
+        let meta = Metadata {
+            tag: "\"v1\"".into(),
+            cached_at: Some(1_700_000_000_123),
+            negative: true,
+            fresh_for: Some(1500),
+            stale_for: None,
+            attributes: vec![
+                ("content-type".into(), "text/plain".into()),
+                ("é".into(), String::new()),
+            ],
+        };
+        for meta in [meta, Metadata::default()] {
+            let mut bytes = Vec::new();
+            meta.encode(&mut bytes);
+            assert_eq!(Metadata::decode(&bytes), Some(meta.clone()));
+            for cut in 0..bytes.len() {
+                assert_eq!(Metadata::decode(&bytes[..cut]), None, "cut at {cut}");
+            }
+            bytes.push(0);
+            assert_eq!(Metadata::decode(&bytes), None);
+        }
+    }
 
     #[test]
     fn matches_like_http() {
