@@ -1,0 +1,101 @@
+//! The one body type of the middleware's runtime: bytes held in memory
+//! (a key-value value), a file being read, or an HTTP body stream.
+
+use std::fs::File;
+use std::io::Read;
+
+use daramjwee_component::{Body, Error, Result};
+use wasip3::http::types::{ErrorCode, Trailers};
+use wasip3::wit_bindgen::{FutureReader, FutureWriter, StreamReader, StreamResult};
+
+/// Largest chunk handed to the engine at once.
+pub(crate) const CHUNK: usize = 64 * 1024;
+
+/// A body being read.
+pub enum EdgeBody {
+    /// Bytes already in memory, handed out in chunks.
+    Bytes {
+        /// The bytes.
+        data: Vec<u8>,
+        /// How far they were handed out.
+        at: usize,
+    },
+    /// `left` more bytes of a file.
+    File {
+        /// The file, positioned at the next byte.
+        file: File,
+        /// Bytes still to come.
+        left: u64,
+    },
+    /// An HTTP body; `trailers` tells whether it arrived whole.
+    Http {
+        /// The body stream.
+        stream: StreamReader<u8>,
+        /// Resolves after the stream ends: an error when it broke off.
+        trailers: Option<FutureReader<Result<Option<Trailers>, ErrorCode>>>,
+        /// Held while the body is read: the host takes its completion
+        /// (dropping it) as "done with the body" and stops sending.
+        done: Option<FutureWriter<Result<(), ErrorCode>>>,
+    },
+}
+
+impl Body for EdgeBody {
+    async fn next(&mut self) -> Option<Result<Vec<u8>>> {
+        match self {
+            EdgeBody::Bytes { data, at } => {
+                if *at >= data.len() {
+                    return None;
+                }
+                let end = data.len().min(*at + CHUNK);
+                let chunk = data[*at..end].to_vec();
+                *at = end;
+                Some(Ok(chunk))
+            }
+            EdgeBody::File { file, left } => {
+                if *left == 0 {
+                    return None;
+                }
+                let mut buf = vec![0; (*left).min(CHUNK as u64) as usize];
+                match file.read(&mut buf) {
+                    Ok(0) => {
+                        let short = std::mem::take(left);
+                        Some(Err(Error::Store(format!(
+                            "the file ended {short} bytes early"
+                        ))))
+                    }
+                    Ok(n) => {
+                        buf.truncate(n);
+                        *left -= n as u64;
+                        Some(Ok(buf))
+                    }
+                    Err(e) => {
+                        *left = 0;
+                        Some(Err(Error::Store(format!("reading the file: {e}"))))
+                    }
+                }
+            }
+            EdgeBody::Http {
+                stream,
+                trailers,
+                done,
+            } => loop {
+                let (result, buf) = stream.read(Vec::with_capacity(CHUNK)).await;
+                match result {
+                    StreamResult::Complete(_) if buf.is_empty() => continue,
+                    StreamResult::Complete(_) => return Some(Ok(buf)),
+                    StreamResult::Dropped | StreamResult::Cancelled => {
+                        let trailers = trailers.take()?;
+                        let result = trailers.await;
+                        drop(done.take());
+                        return match result {
+                            Ok(_) => None,
+                            Err(e) => Some(Err(Error::Origin(format!(
+                                "the origin's body broke off: {e:?}"
+                            )))),
+                        };
+                    }
+                }
+            },
+        }
+    }
+}

@@ -1,0 +1,124 @@
+//! The origin behind the cache: `GET origin + key` over
+//! `wasi:http/client`, conditional on the tag we hold.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use daramjwee_component::http::{CONTENT_TYPE_ATTR, CacheControl, Forward};
+use daramjwee_component::{Error, Fetched, Metadata, Origin, Result};
+use wasip3::http::client;
+use wasip3::http::types::{ErrorCode, Fields, Request, RequestOptions, Response, Trailers};
+use wasip3::wit_future;
+
+use crate::body::EdgeBody;
+use crate::settings::OriginUrl;
+
+/// One request's fetcher: where the origin is, and a record of what the
+/// trip did for that request's `Cache-Status`.
+#[derive(Clone)]
+pub struct HttpOrigin {
+    url: Rc<OriginUrl>,
+    /// Connect and first-byte timeout, in ms.
+    timeout_ms: u64,
+    forward: Rc<RefCell<Forward>>,
+}
+
+impl HttpOrigin {
+    /// A fetcher of `url` that records its trip in `forward`.
+    pub fn new(url: Rc<OriginUrl>, timeout_ms: u64, forward: Rc<RefCell<Forward>>) -> Self {
+        HttpOrigin {
+            url,
+            timeout_ms,
+            forward,
+        }
+    }
+
+    async fn send(&self, key: &str, tag: Option<&str>) -> Result<Response> {
+        let headers = Fields::new();
+        if let Some(tag) = tag {
+            headers
+                .set("if-none-match", &[tag.as_bytes().to_vec()])
+                .map_err(|e| {
+                    Error::Origin(format!("the tag {tag:?} is not a header value: {e:?}"))
+                })?;
+        }
+        let options = RequestOptions::new();
+        let timeout_ns = self.timeout_ms.saturating_mul(1_000_000);
+        // A host that does not support a timeout says so; the engine's
+        // operation timeout still bounds the fetch.
+        let _ = options.set_connect_timeout(Some(timeout_ns));
+        let _ = options.set_first_byte_timeout(Some(timeout_ns));
+        let (trailers_tx, trailers_rx) = wit_future::new(|| Ok(None::<Trailers>));
+        drop(trailers_tx);
+        let (request, _sent) = Request::new(headers, None, trailers_rx, Some(options));
+        let target = self.url.target(key);
+        let bad = |what: &str| Error::Origin(format!("cannot request {target}: bad {what}"));
+        request
+            .set_scheme(Some(&self.url.scheme))
+            .map_err(|()| bad("scheme"))?;
+        request
+            .set_authority(Some(&self.url.authority))
+            .map_err(|()| bad("authority"))?;
+        request
+            .set_path_with_query(Some(&format!("{}{key}", self.url.path)))
+            .map_err(|()| bad("path"))?;
+        client::send(request)
+            .await
+            .map_err(|e| Error::Origin(format!("{target}: {e:?}")))
+    }
+}
+
+impl Origin for HttpOrigin {
+    type Body = EdgeBody;
+
+    async fn fetch(&self, key: &str, held: Option<&Metadata>) -> Result<Fetched<EdgeBody>> {
+        self.forward.borrow_mut().fetched = true;
+        let held = held.filter(|m| !m.negative && !m.tag.is_empty());
+        let response = self.send(key, held.map(|m| m.tag.as_str())).await?;
+        let status = response.get_status_code();
+        self.forward.borrow_mut().status = Some(status);
+        match status {
+            304 if held.is_some() => Ok(Fetched::NotModified),
+            404 | 410 => Ok(Fetched::NotFound),
+            200 => {
+                let headers = response.get_headers();
+                let text = |name: &str| -> Vec<String> {
+                    headers
+                        .get(name)
+                        .into_iter()
+                        .filter_map(|v| String::from_utf8(v).ok())
+                        .collect()
+                };
+                let control = CacheControl::parse(text("cache-control").iter().map(String::as_str));
+                let mut meta = Metadata {
+                    tag: text("etag").into_iter().next().unwrap_or_default(),
+                    ..Metadata::default()
+                };
+                if let Some(content_type) = text("content-type").into_iter().next() {
+                    meta.attributes
+                        .push((CONTENT_TYPE_ATTR.into(), content_type));
+                }
+                let (fresh, stale) = control.windows();
+                meta.fresh_for = fresh.map(|s| s.saturating_mul(1000));
+                meta.stale_for = stale.map(|s| s.saturating_mul(1000));
+                self.forward.borrow_mut().no_store = control.no_store;
+                drop(headers);
+                let (done, result_rx) = wit_future::new(|| Ok::<(), ErrorCode>(()));
+                let (stream, trailers) = Response::consume_body(response, result_rx);
+                Ok(Fetched::Body {
+                    meta,
+                    body: EdgeBody::Http {
+                        stream,
+                        trailers: Some(trailers),
+                        done: Some(done),
+                    },
+                    no_store: control.no_store,
+                })
+            }
+            other => Err(Error::Origin(format!(
+                "{} answered {other}",
+                self.url.target(key)
+            ))),
+        }
+    }
+}

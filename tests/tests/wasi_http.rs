@@ -1,0 +1,329 @@
+//! The `wasi:http` middleware (`examples/wasi-http`) in the stock
+//! `wasmtime serve`, between a real HTTP client and a real origin; and
+//! the Spin app's imports checked against what a Spin 4.1 runtime offers.
+
+#[path = "../support/origin.rs"]
+mod origin;
+#[path = "../support/stock_wasmtime.rs"]
+mod stock_wasmtime;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use origin::{Origin, Route};
+use stock_wasmtime::Serve;
+use wasmparser::{Parser, Payload};
+
+const MIDDLEWARE: &str = env!("DARAMJWEE_WASI_HTTP_WASM");
+const SPIN_APP: &str = env!("DARAMJWEE_SPIN_WASM");
+
+/// Serve the middleware in front of `origin` with extra settings.
+fn serve(origin: &Origin, dir: &Path, extra: &[(&str, &str)]) -> Serve {
+    let mut env = vec![("DARAMJWEE_ORIGIN", origin.url())];
+    env.extend(extra.iter().map(|(k, v)| (*k, (*v).to_owned())));
+    Serve::start(Path::new(MIDDLEWARE), dir, &env)
+}
+
+struct Answer {
+    status: u16,
+    cache_status: String,
+    etag: Option<String>,
+    body: String,
+}
+
+async fn get(url: &str, headers: &[(&str, &str)]) -> Answer {
+    let client = reqwest::Client::new();
+    let mut request = client.get(url);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = request.send().await.expect("the middleware answers");
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let cache_status = header("cache-status").unwrap_or_default();
+    let etag = header("etag");
+    let status = response.status().as_u16();
+    let body = response.text().await.expect("a whole body");
+    Answer {
+        status,
+        cache_status,
+        etag,
+        body,
+    }
+}
+
+/// Poll `check` for up to ten seconds; background work has no deadline
+/// the test could wait for exactly.
+async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(10) {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{what} did not happen within ten seconds");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn miss_then_hit_contacts_the_origin_once() {
+    let origin = Origin::start().await;
+    origin.route("/doc?v=1", Route::ok("v1", "hello from the origin"));
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve(&origin, dir.path(), &[]);
+    let url = format!("{}/doc?v=1", server.url());
+
+    let first = get(&url, &[]).await;
+    assert_eq!(first.status, 200, "{}", server.log());
+    assert_eq!(first.body, "hello from the origin");
+    assert!(
+        first.cache_status.contains("fwd=miss"),
+        "{}",
+        first.cache_status
+    );
+    let second = get(&url, &[]).await;
+    assert_eq!(second.body, "hello from the origin");
+    assert!(
+        second.cache_status.contains("hit"),
+        "{}",
+        second.cache_status
+    );
+    assert_eq!(second.etag.as_deref(), Some("\"v1\""));
+    assert_eq!(origin.hits("/doc?v=1"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn if_none_match_gets_not_modified() {
+    let origin = Origin::start().await;
+    origin.route("/tagged", Route::ok("v7", "tagged body"));
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve(&origin, dir.path(), &[]);
+    let url = format!("{}/tagged", server.url());
+
+    assert_eq!(get(&url, &[]).await.status, 200);
+    let matched = get(&url, &[("if-none-match", "\"v7\"")]).await;
+    assert_eq!(matched.status, 304);
+    assert_eq!(matched.body, "");
+    let other = get(&url, &[("if-none-match", "\"v6\"")]).await;
+    assert_eq!(other.status, 200);
+    assert_eq!(other.body, "tagged body");
+    assert_eq!(origin.hits("/tagged"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn origin_not_found_is_cached_for_the_negative_window() {
+    let origin = Origin::start().await;
+    origin.route("/gone", Route::Status(404));
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve(
+        &origin,
+        dir.path(),
+        &[("DARAMJWEE_NEGATIVE_FRESH_FOR", "1s")],
+    );
+    let url = format!("{}/gone", server.url());
+
+    let first = get(&url, &[]).await;
+    assert_eq!(first.status, 404);
+    let second = get(&url, &[]).await;
+    assert_eq!(second.status, 404);
+    assert!(
+        second.cache_status.contains("hit"),
+        "{}",
+        second.cache_status
+    );
+    assert_eq!(origin.hits("/gone"), 1, "served from the negative entry");
+
+    // Past the window the origin is asked again.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    origin.route("/gone", Route::ok("back", "it is back"));
+    eventually("a refetch after the negative window", async || {
+        get(&url, &[]).await.body == "it is back"
+    })
+    .await;
+    assert!(origin.hits("/gone") >= 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn origin_errors_are_not_cached() {
+    let origin = Origin::start().await;
+    origin.route("/broken", Route::Status(500));
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve(&origin, dir.path(), &[]);
+    let url = format!("{}/broken", server.url());
+
+    for _ in 0..2 {
+        let answer = get(&url, &[]).await;
+        assert_eq!(answer.status, 502);
+        assert!(
+            answer.cache_status.contains("detail=origin-error"),
+            "{}",
+            answer.cache_status
+        );
+    }
+    assert_eq!(
+        origin.hits("/broken"),
+        2,
+        "every request went to the origin"
+    );
+    let entries = std::fs::read_dir(dir.path()).unwrap().count();
+    assert_eq!(entries, 0, "nothing was stored");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn entries_survive_a_restart_of_the_host() {
+    let origin = Origin::start().await;
+    origin.route("/kept", Route::ok("k1", "kept across restarts"));
+    let dir = tempfile::tempdir().unwrap();
+    let first = serve(&origin, dir.path(), &[]);
+    assert_eq!(get(&format!("{}/kept", first.url()), &[]).await.status, 200);
+    first.stop();
+
+    let second = serve(&origin, dir.path(), &[]);
+    let answer = get(&format!("{}/kept", second.url()), &[]).await;
+    assert_eq!(answer.body, "kept across restarts");
+    assert!(
+        answer.cache_status.contains("hit"),
+        "{}",
+        answer.cache_status
+    );
+    assert_eq!(origin.hits("/kept"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stale_while_revalidate_serves_stale_then_the_new_version() {
+    let origin = Origin::start().await;
+    origin.route(
+        "/swr",
+        Route::controlled("s1", "first", "max-age=1, stale-while-revalidate=60"),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve(&origin, dir.path(), &[]);
+    let url = format!("{}/swr", server.url());
+
+    assert_eq!(get(&url, &[]).await.body, "first");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    origin.route(
+        "/swr",
+        Route::controlled("s2", "second", "max-age=60, stale-while-revalidate=60"),
+    );
+    let stale = get(&url, &[]).await;
+    assert_eq!(stale.body, "first", "the stale copy is served at once");
+    assert!(
+        stale.cache_status.contains("fwd=stale"),
+        "{}",
+        stale.cache_status
+    );
+    eventually("the refreshed version", async || {
+        get(&url, &[]).await.body == "second"
+    })
+    .await;
+    assert_eq!(
+        origin.conditional(),
+        vec!["\"s1\"".to_owned()],
+        "revalidated with the tag held"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_missing_origin_setting_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Serve::start(Path::new(MIDDLEWARE), dir.path(), &[]);
+    let answer = get(&format!("{}/x", server.url()), &[]).await;
+    assert_eq!(answer.status, 500);
+    assert!(answer.body.contains("origin: not set"), "{}", answer.body);
+}
+
+/// The component-level imports and exports of a component file.
+fn interfaces(path: &str) -> (Vec<String>, Vec<String>) {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let (mut imports, mut exports) = (Vec::new(), Vec::new());
+    let mut depth = 0usize;
+    for payload in Parser::new(0).parse_all(&bytes) {
+        match payload.expect("a valid component") {
+            Payload::ModuleSection { .. } | Payload::ComponentSection { .. } => depth += 1,
+            Payload::End(_) => depth = depth.saturating_sub(1),
+            Payload::ComponentImportSection(reader) if depth == 0 => {
+                for import in reader {
+                    imports.push(import.unwrap().name.name.to_owned());
+                }
+            }
+            Payload::ComponentExportSection(reader) if depth == 0 => {
+                for export in reader {
+                    exports.push(export.unwrap().name.name.to_owned());
+                }
+            }
+            _ => {}
+        }
+    }
+    (imports, exports)
+}
+
+/// Whether a Spin 4.1 runtime provides `import`: WASI 0.2 (what Rust's
+/// std imports), the WASI 0.3.0 interfaces and Spin's own interfaces of
+/// spin-sdk 7's platform (`spin:key-value@3.0.0`, `spin:variables@3.0.0`).
+fn spin_provides(import: &str) -> bool {
+    let Some((name, version)) = import.split_once('@') else {
+        return false;
+    };
+    let wasi_02 = [
+        "wasi:cli/",
+        "wasi:clocks/",
+        "wasi:filesystem/",
+        "wasi:io/",
+        "wasi:random/",
+        "wasi:sockets/",
+    ];
+    let wasi_03 = [
+        "wasi:cli/",
+        "wasi:clocks/",
+        "wasi:filesystem/",
+        "wasi:random/",
+        "wasi:sockets/",
+        "wasi:http/types",
+        "wasi:http/client",
+    ];
+    let in_02 = version.starts_with("0.2.") && version.len() <= 5;
+    (in_02 && wasi_02.iter().any(|p| name.starts_with(p)))
+        || (version == "0.3.0" && wasi_03.iter().any(|p| name.starts_with(p)))
+        || (version == "3.0.0"
+            && ["spin:key-value/key-value", "spin:variables/variables"].contains(&name))
+}
+
+#[test]
+fn the_spin_app_imports_only_what_spin_provides() {
+    let (imports, exports) = interfaces(SPIN_APP);
+    let foreign: Vec<_> = imports.iter().filter(|i| !spin_provides(i)).collect();
+    assert!(foreign.is_empty(), "not provided by Spin 4.1: {foreign:?}");
+    for needed in [
+        "spin:key-value/key-value@3.0.0",
+        "spin:variables/variables@3.0.0",
+        "wasi:http/client@0.3.0",
+    ] {
+        assert!(
+            imports.iter().any(|i| i == needed),
+            "{needed} missing from {imports:?}"
+        );
+    }
+    assert_eq!(exports, vec!["wasi:http/handler@0.3.0".to_owned()]);
+    assert!(!spin_provides("wasi:keyvalue/store@0.2.0-draft2"));
+    assert!(!spin_provides("daramjwee:cache/store@0.1.0"));
+}
+
+#[test]
+fn the_middleware_is_a_wasi_http_handler() {
+    let (imports, exports) = interfaces(MIDDLEWARE);
+    assert_eq!(exports, vec!["wasi:http/handler@0.3.0".to_owned()]);
+    assert!(
+        imports.iter().any(|i| i == "wasi:http/client@0.3.0"),
+        "{imports:?}"
+    );
+    assert!(
+        !imports.iter().any(|i| i.starts_with("daramjwee:")),
+        "the engine is linked in, not imported: {imports:?}"
+    );
+}
