@@ -327,3 +327,36 @@ fn the_middleware_is_a_wasi_http_handler() {
         "the engine is linked in, not imported: {imports:?}"
     );
 }
+
+#[test]
+fn the_spin_manifest_passes_every_setting_and_allows_only_the_origin() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/spin/spin.toml");
+    let manifest: toml::Table = std::fs::read_to_string(path)
+        .expect("examples/spin/spin.toml")
+        .parse()
+        .expect("valid TOML");
+    let component = &manifest["component"]["daramjwee"];
+    let passed = component["variables"].as_table().expect("component variables");
+    let mut expected: Vec<&str> = daramjwee_http_cache::Settings::NAMES.to_vec();
+    expected.push("max_entry_bytes");
+    let mut names: Vec<&str> = passed.keys().map(String::as_str).collect();
+    names.sort_unstable();
+    expected.sort_unstable();
+    assert_eq!(names, expected);
+    let app_vars = manifest["variables"].as_table().expect("application variables");
+    for value in passed.values() {
+        let value = value.as_str().expect("a template");
+        for var in value.split("{{").skip(1) {
+            let var = var.split("}}").next().unwrap().trim();
+            assert!(app_vars.contains_key(var), "{var} is not an application variable");
+        }
+    }
+    assert_eq!(
+        component["allowed_outbound_hosts"].as_array().unwrap(),
+        &vec![toml::Value::from("{{ origin_host }}")]
+    );
+    assert_eq!(
+        component["key_value_stores"].as_array().unwrap(),
+        &vec![toml::Value::from("default")]
+    );
+}
