@@ -98,6 +98,31 @@ async fn miss_then_hit_contacts_the_origin_once() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn large_bodies_arrive_whole_on_miss_and_hit() {
+    let body: String = (0..4 << 20)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
+    let origin = Origin::start().await;
+    origin.route("/big", Route::ok("big", &body));
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve(&origin, dir.path(), &[]);
+    let url = format!("{}/big", server.url());
+
+    for expected in ["fwd=miss", "hit"] {
+        let answer = get(&url, &[]).await;
+        assert_eq!(answer.status, 200);
+        assert!(
+            answer.cache_status.contains(expected),
+            "{}",
+            answer.cache_status
+        );
+        assert_eq!(answer.body.len(), body.len());
+        assert!(answer.body == body, "the body differs");
+    }
+    assert_eq!(origin.hits("/big"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn if_none_match_gets_not_modified() {
     let origin = Origin::start().await;
     origin.route("/tagged", Route::ok("v7", "tagged body"));
@@ -336,19 +361,26 @@ fn the_spin_manifest_passes_every_setting_and_allows_only_the_origin() {
         .parse()
         .expect("valid TOML");
     let component = &manifest["component"]["daramjwee"];
-    let passed = component["variables"].as_table().expect("component variables");
+    let passed = component["variables"]
+        .as_table()
+        .expect("component variables");
     let mut expected: Vec<&str> = daramjwee_http_cache::Settings::NAMES.to_vec();
     expected.push("max_entry_bytes");
     let mut names: Vec<&str> = passed.keys().map(String::as_str).collect();
     names.sort_unstable();
     expected.sort_unstable();
     assert_eq!(names, expected);
-    let app_vars = manifest["variables"].as_table().expect("application variables");
+    let app_vars = manifest["variables"]
+        .as_table()
+        .expect("application variables");
     for value in passed.values() {
         let value = value.as_str().expect("a template");
         for var in value.split("{{").skip(1) {
             let var = var.split("}}").next().unwrap().trim();
-            assert!(app_vars.contains_key(var), "{var} is not an application variable");
+            assert!(
+                app_vars.contains_key(var),
+                "{var} is not an application variable"
+            );
         }
     }
     assert_eq!(

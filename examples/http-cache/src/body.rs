@@ -36,6 +36,13 @@ pub enum EdgeBody {
         /// Held while the body is read: the host takes its completion
         /// (dropping it) as "done with the body" and stops sending.
         done: Option<FutureWriter<Result<(), ErrorCode>>>,
+        /// The request's transmission: held while the body is read.
+        sent: Option<FutureReader<Result<(), ErrorCode>>>,
+        /// The origin's `Content-Length`, checked at the end: a body that
+        /// ends short must not pass for a whole one.
+        expected: Option<u64>,
+        /// Bytes read so far.
+        read: u64,
     },
 }
 
@@ -78,16 +85,29 @@ impl Body for EdgeBody {
                 stream,
                 trailers,
                 done,
+                sent,
+                expected,
+                read,
             } => loop {
                 let (result, buf) = stream.read(Vec::with_capacity(CHUNK)).await;
                 match result {
                     StreamResult::Complete(_) if buf.is_empty() => continue,
-                    StreamResult::Complete(_) => return Some(Ok(buf)),
+                    StreamResult::Complete(_) => {
+                        *read += buf.len() as u64;
+                        return Some(Ok(buf));
+                    }
                     StreamResult::Dropped | StreamResult::Cancelled => {
                         let trailers = trailers.take()?;
                         let result = trailers.await;
                         drop(done.take());
+                        drop(sent.take());
                         return match result {
+                            Ok(_) if expected.is_some_and(|n| n != *read) => {
+                                Some(Err(Error::Origin(format!(
+                                    "the origin's body ended after {read} of {} bytes",
+                                    expected.unwrap_or_default()
+                                ))))
+                            }
                             Ok(_) => None,
                             Err(e) => Some(Err(Error::Origin(format!(
                                 "the origin's body broke off: {e:?}"

@@ -8,7 +8,11 @@ use daramjwee_component::http::{CONTENT_TYPE_ATTR, CacheControl, Forward};
 use daramjwee_component::{Error, Fetched, Metadata, Origin, Result};
 use wasip3::http::client;
 use wasip3::http::types::{ErrorCode, Fields, Request, RequestOptions, Response, Trailers};
+use wasip3::wit_bindgen::FutureReader;
 use wasip3::wit_future;
+
+/// Resolves when the request was sent whole.
+pub(crate) type Sent = FutureReader<Result<(), ErrorCode>>;
 
 use crate::body::EdgeBody;
 use crate::settings::OriginUrl;
@@ -33,7 +37,10 @@ impl HttpOrigin {
         }
     }
 
-    async fn send(&self, key: &str, tag: Option<&str>) -> Result<Response> {
+    /// Send the request; the answer comes with the request's transmission
+    /// future, which must outlive the body (the host ends the exchange when
+    /// it is dropped).
+    async fn send(&self, key: &str, tag: Option<&str>) -> Result<(Response, Sent)> {
         let headers = Fields::new();
         if let Some(tag) = tag {
             headers
@@ -50,7 +57,7 @@ impl HttpOrigin {
         let _ = options.set_first_byte_timeout(Some(timeout_ns));
         let (trailers_tx, trailers_rx) = wit_future::new(|| Ok(None::<Trailers>));
         drop(trailers_tx);
-        let (request, _sent) = Request::new(headers, None, trailers_rx, Some(options));
+        let (request, sent) = Request::new(headers, None, trailers_rx, Some(options));
         let target = self.url.target(key);
         let bad = |what: &str| Error::Origin(format!("cannot request {target}: bad {what}"));
         request
@@ -62,9 +69,10 @@ impl HttpOrigin {
         request
             .set_path_with_query(Some(&format!("{}{key}", self.url.path)))
             .map_err(|()| bad("path"))?;
-        client::send(request)
+        let response = client::send(request)
             .await
-            .map_err(|e| Error::Origin(format!("{target}: {e:?}")))
+            .map_err(|e| Error::Origin(format!("{target}: {e:?}")))?;
+        Ok((response, sent))
     }
 }
 
@@ -74,7 +82,7 @@ impl Origin for HttpOrigin {
     async fn fetch(&self, key: &str, held: Option<&Metadata>) -> Result<Fetched<EdgeBody>> {
         self.forward.borrow_mut().fetched = true;
         let held = held.filter(|m| !m.negative && !m.tag.is_empty());
-        let response = self.send(key, held.map(|m| m.tag.as_str())).await?;
+        let (response, sent) = self.send(key, held.map(|m| m.tag.as_str())).await?;
         let status = response.get_status_code();
         self.forward.borrow_mut().status = Some(status);
         match status {
@@ -102,6 +110,10 @@ impl Origin for HttpOrigin {
                 meta.fresh_for = fresh.map(|s| s.saturating_mul(1000));
                 meta.stale_for = stale.map(|s| s.saturating_mul(1000));
                 self.forward.borrow_mut().no_store = control.no_store;
+                let expected = text("content-length")
+                    .into_iter()
+                    .next()
+                    .and_then(|v| v.trim().parse().ok());
                 drop(headers);
                 let (done, result_rx) = wit_future::new(|| Ok::<(), ErrorCode>(()));
                 let (stream, trailers) = Response::consume_body(response, result_rx);
@@ -111,6 +123,9 @@ impl Origin for HttpOrigin {
                         stream,
                         trailers: Some(trailers),
                         done: Some(done),
+                        sent: Some(sent),
+                        expected,
+                        read: 0,
                     },
                     no_store: control.no_store,
                 })
