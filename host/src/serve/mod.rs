@@ -250,7 +250,15 @@ where
             tokio::select! {
                 accepted = listener.accept() => {
                     let stream = match accepted {
-                        Ok((stream, _)) => stream,
+                        Ok((stream, _)) => {
+                            // Headers and body leave in separate writes:
+                            // with Nagle on, the second waits for the
+                            // client's delayed ACK (tens of ms per request).
+                            if let Err(e) = stream.set_nodelay(true) {
+                                tracing::debug!("TCP_NODELAY: {e}");
+                            }
+                            stream
+                        }
                         Err(e) => {
                             tracing::warn!("accept failed: {e}");
                             tokio::time::sleep(Duration::from_millis(50)).await;
