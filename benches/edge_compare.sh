@@ -87,7 +87,8 @@ head -c $((1 << 20)) /dev/urandom >"$tmp/files/obj1m"
 
 python3 -m http.server "$p_origin" --bind 127.0.0.1 --directory "$tmp/files" >"$tmp/origin.out" 2>&1 &
 pids+=($!)
-"$djw" serve --listen "127.0.0.1:$p_djw" --origin "http://127.0.0.1:$p_origin" \
+# Per-request log lines off for both: the middleware writes none.
+RUST_LOG=warn "$djw" serve --listen "127.0.0.1:$p_djw" --origin "http://127.0.0.1:$p_origin" \
     --tier mem:256MiB:s3fifo --tier "file:$tmp/djw-cache" >"$tmp/daramjwee.out" 2>&1 &
 pids+=($!)
 "$wasmtime" serve -Sp3 -Shttp -Scli --addr "127.0.0.1:$p_edge" --dir "$tmp/edge-cache::/cache" \

@@ -259,7 +259,8 @@ if [ "$have_djw" = 1 ]; then
     mkdir -p "$tmp/daramjwee-file"
     tier_args=()
     for t in "${tiers[@]}"; do tier_args+=(--tier "$t"); done
-    start daramjwee "$djw" serve --listen "127.0.0.1:$p_djw" --origin "http://127.0.0.1:$p_origin" \
+    # Per-request log lines off (RUST_LOG=warn), as the peers' access logs are.
+    start daramjwee env RUST_LOG=warn "$djw" serve --listen "127.0.0.1:$p_djw" --origin "http://127.0.0.1:$p_origin" \
         "${tier_args[@]}" --fresh-for 1h --metrics-listen "127.0.0.1:$p_metrics"
     servers+=(daramjwee)
     port[daramjwee]=$p_djw

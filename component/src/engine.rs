@@ -246,6 +246,60 @@ impl<R: Runtime> Engine<R> {
             .unwrap_or(Err(Error::Timeout))
     }
 
+    /// Answer `key` from tier 0 when it holds a fresh entry; `None`
+    /// otherwise, and for a tier error (the full `get` deals with those).
+    /// Fetches, fills and schedules nothing and touches no per-key state,
+    /// so an engine may answer a peek for a key whose fills another
+    /// engine over the same tiers coordinates: it is the fresh-hit branch
+    /// of [`Engine::get`] alone.
+    pub async fn peek(&self, key: &str, inm: Option<&str>) -> Result<Option<Response<R>>> {
+        let inner = &self.inner;
+        inner.check(key)?;
+        let Some(tier) = inner.tiers.first() else {
+            return Ok(None);
+        };
+        let entry = match tier.get(key).await {
+            Ok(Some(entry)) => entry,
+            Ok(None) => return Ok(None),
+            Err(e @ Error::InvalidKey(_)) => return Err(e),
+            Err(_) => return Ok(None),
+        };
+        let (positive, negative) = inner.config.windows(0);
+        let window = if entry.meta.negative {
+            negative
+        } else {
+            positive
+        };
+        if classify(&entry.meta, inner.rt.now_ms(), window) != Freshness::Fresh {
+            return Ok(None);
+        }
+        let source = Source::Tier(0);
+        if entry.meta.negative {
+            return Ok(Some(Response::without_body(
+                Status::NotFound,
+                entry.meta,
+                source,
+                false,
+            )));
+        }
+        if inm.is_some_and(|inm| if_none_match(inm, &entry.meta.tag)) {
+            return Ok(Some(Response::without_body(
+                Status::NotModified,
+                entry.meta,
+                source,
+                false,
+            )));
+        }
+        let Entry { meta, size, body } = entry;
+        Ok(Some(Response {
+            status: Status::Ok,
+            meta,
+            source,
+            stale: false,
+            body: Some(ResponseBody::Direct { body, size }),
+        }))
+    }
+
     /// Write `key` into tier 0 directly; `cached-at` becomes now.
     pub async fn set(&self, key: &str, mut meta: Metadata) -> Result<Writer<R>> {
         let inner = &self.inner;

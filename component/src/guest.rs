@@ -245,33 +245,16 @@ impl cx::GuestCache for CacheImpl {
             .engine
             .get(&key, if_none_match.as_deref(), origin)
             .await?;
-        let (body, size, complete) = match r.body {
-            None => (None, None, None),
-            Some(ResponseBody::Direct { body, size }) => (Some(body.stream), Some(size), None),
-            Some(ResponseBody::Fill(reader)) => {
-                let (stream, complete) = stream_fill(reader);
-                (Some(stream), None, Some(complete))
-            }
-        };
-        let status = match r.status {
-            crate::Status::Ok => cx::Status::Ok,
-            crate::Status::NotModified => cx::Status::NotModified,
-            crate::Status::NotFound => cx::Status::NotFound,
-        };
-        let source = match r.source {
-            crate::Source::Tier(i) => cx::Source::Tier(i),
-            crate::Source::Origin => cx::Source::Origin,
-            crate::Source::Joined => cx::Source::Joined,
-        };
-        Ok(cx::Response {
-            status,
-            meta: r.meta.into(),
-            source,
-            stale: r.stale,
-            body,
-            size,
-            complete,
-        })
+        Ok(wit_response(r))
+    }
+
+    async fn peek(
+        &self,
+        key: String,
+        if_none_match: Option<String>,
+    ) -> Result<Option<cx::Response>, wit::Error> {
+        let r = self.engine.peek(&key, if_none_match.as_deref()).await?;
+        Ok(r.map(wit_response))
     }
 
     async fn set(&self, key: String, meta: wit::Metadata) -> Result<cx::Writer, wit::Error> {
@@ -334,6 +317,37 @@ impl cx::GuestWriter for WriterImpl {
 
     fn abort(this: cx::Writer) {
         drop(this.into_inner::<WriterImpl>());
+    }
+}
+
+/// An engine response as the WIT record, its body as a stream.
+fn wit_response(r: crate::Response<GuestRt>) -> cx::Response {
+    let (body, size, complete) = match r.body {
+        None => (None, None, None),
+        Some(ResponseBody::Direct { body, size }) => (Some(body.stream), Some(size), None),
+        Some(ResponseBody::Fill(reader)) => {
+            let (stream, complete) = stream_fill(reader);
+            (Some(stream), None, Some(complete))
+        }
+    };
+    let status = match r.status {
+        crate::Status::Ok => cx::Status::Ok,
+        crate::Status::NotModified => cx::Status::NotModified,
+        crate::Status::NotFound => cx::Status::NotFound,
+    };
+    let source = match r.source {
+        crate::Source::Tier(i) => cx::Source::Tier(i),
+        crate::Source::Origin => cx::Source::Origin,
+        crate::Source::Joined => cx::Source::Joined,
+    };
+    cx::Response {
+        status,
+        meta: r.meta.into(),
+        source,
+        stale: r.stale,
+        body,
+        size,
+        complete,
     }
 }
 

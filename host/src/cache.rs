@@ -2,7 +2,7 @@
 
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
@@ -15,7 +15,7 @@ use crate::component::{ComponentSource, default_compile_cache, load};
 use crate::fetcher::{Fetcher, SharedFetcher};
 use crate::meta::duration_millis;
 use crate::pool::{Pool, PoolStats, WorkerStrategy};
-use crate::shard::{Command, Shard, ShardSpec, ticks_in};
+use crate::shard::{self, Command, Shard, ShardSpec, ticks_in};
 use crate::tier::Tier;
 use crate::{Error, Metadata, Result};
 
@@ -252,7 +252,9 @@ impl CacheBuilder {
             max_key_len: self.max_key_len,
             stale_if_error: duration_millis(self.stale_if_error),
         };
+        static NEXT_ID: AtomicU64 = AtomicU64::new(0);
         let router = Arc::new(Router {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             shards: OnceLock::new(),
         });
         let queue = {
@@ -278,7 +280,7 @@ impl CacheBuilder {
                 memory_limit: self.memory_limit,
                 call_ticks: ticks_in(self.call_time_limit),
             };
-            shards.push(Shard::start(index, spec).await?);
+            shards.push(Shard::start(router.id, index, spec).await?);
         }
         let _ = router.shards.set(shards);
         Ok(Cache {
@@ -294,18 +296,59 @@ impl CacheBuilder {
 
 /// Routes each key to its shard.
 struct Router {
+    /// Tells this cache's shard threads from other caches'.
+    id: u64,
     shards: OnceLock<Vec<Shard>>,
 }
 
 impl Router {
-    fn shard(&self, key: &str) -> &Shard {
-        let shards = self
-            .shards
+    fn shards(&self) -> &[Shard] {
+        self.shards
             .get()
-            .expect("shards are set before the cache is handed out");
+            .expect("shards are set before the cache is handed out")
+    }
+
+    fn owner(&self, key: &str) -> usize {
         let mut h = DefaultHasher::new();
         key.hash(&mut h);
-        &shards[h.finish() as usize % shards.len()]
+        h.finish() as usize % self.shards().len()
+    }
+
+    fn shard(&self, key: &str) -> &Shard {
+        &self.shards()[self.owner(key)]
+    }
+
+    /// The shard whose thread this runs on, when that is one of this
+    /// cache's shards but not the owner of `key`.
+    fn local_peer(&self, key: &str) -> Option<&Shard> {
+        match shard::current() {
+            Some((id, index)) if id == self.id && index != self.owner(key) => {
+                self.shards().get(index)
+            }
+            _ => None,
+        }
+    }
+
+    /// A fresh tier-0 hit for `key` from the shard of this thread, when
+    /// this thread is another shard's than the key's: answered here, it
+    /// needs no hop to the owner's thread, and a hot key's hits spread
+    /// over every shard. `None` sends the request to the owner.
+    async fn peek_here(&self, key: &str, inm: Option<&str>) -> Option<Result<GetResponse>> {
+        let shard = self.local_peer(key)?;
+        let (tx, rx) = oneshot::channel();
+        let command = Command::Peek {
+            key: key.to_owned(),
+            inm: inm.map(str::to_owned),
+            reply: tx,
+        };
+        shard.send(command).await.ok()?;
+        match rx.await {
+            Ok(Ok(Some(response))) => Some(Ok(response)),
+            // The key itself is bad, or the cache closed: the owner would
+            // say the same.
+            Ok(Err(e @ (Error::InvalidKey(_) | Error::Closed))) => Some(Err(e)),
+            _ => None,
+        }
     }
 
     async fn call<T>(
@@ -376,6 +419,9 @@ impl Cache {
         fetcher: impl Fetcher,
     ) -> Result<GetResponse> {
         self.check_open()?;
+        if let Some(answer) = self.inner.router.peek_here(key, if_none_match).await {
+            return answer;
+        }
         let fetcher: SharedFetcher = Arc::new(fetcher);
         let inm = if_none_match.map(str::to_owned);
         self.inner
@@ -453,6 +499,21 @@ impl Cache {
             }
         }
         self.inner.pool.shutdown(self.inner.shutdown_timeout).await;
+    }
+
+    /// The runtimes of the shard threads, one per engine instance: a
+    /// server that runs its connections on them serves each request on
+    /// the thread of an engine, and the request's own shard's thread for
+    /// that shard's keys.
+    pub fn shard_runtimes(&self) -> Vec<tokio::runtime::Handle> {
+        self.inner
+            .router
+            .shards
+            .get()
+            .into_iter()
+            .flatten()
+            .map(|shard| shard.runtime().clone())
+            .collect()
     }
 
     /// Counters of the background pool.

@@ -30,8 +30,23 @@ use crate::{Error, GetResponse, Metadata, Result, Source, Status};
 
 type Reply<T> = oneshot::Sender<Result<T>>;
 
+thread_local! {
+    /// On a shard thread: the id of its cache and the shard's index.
+    static SHARD_THREAD: Cell<Option<(u64, usize)>> = const { Cell::new(None) };
+}
+
+/// The cache id and shard index of the shard thread this runs on, if any.
+pub(crate) fn current() -> Option<(u64, usize)> {
+    SHARD_THREAD.with(Cell::get)
+}
+
 /// A request for a shard.
 pub(crate) enum Command {
+    Peek {
+        key: String,
+        inm: Option<String>,
+        reply: Reply<Option<GetResponse>>,
+    },
     Get {
         key: String,
         inm: Option<String>,
@@ -88,6 +103,9 @@ pub(crate) struct ShardSpec {
 /// The caller's side of a shard.
 pub(crate) struct Shard {
     tx: mpsc::Sender<Command>,
+    /// The shard thread's runtime, for work that should run beside the
+    /// engine instead of hopping threads to reach it.
+    runtime: tokio::runtime::Handle,
     /// How many instances failed so far, and why the last one did.
     faults: watch::Receiver<(u64, String)>,
 }
@@ -95,31 +113,35 @@ pub(crate) struct Shard {
 impl Shard {
     /// Start a shard and wait until its engine opened the cache (which
     /// validates the configuration).
-    pub(crate) async fn start(index: usize, spec: ShardSpec) -> Result<Self> {
+    pub(crate) async fn start(cache_id: u64, index: usize, spec: ShardSpec) -> Result<Self> {
         let (tx, rx) = mpsc::channel(1024);
         let (ready_tx, ready_rx) = oneshot::channel();
         let (fault_tx, faults) = watch::channel((0, String::new()));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| Error::Other(format!("cannot start a shard: {e}")))?;
+        let runtime = rt.handle().clone();
         std::thread::Builder::new()
             .name(format!("daramjwee-shard-{index}"))
             .spawn(move || {
-                let rt = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(rt) => rt,
-                    Err(e) => {
-                        let _ =
-                            ready_tx.send(Err(Error::Other(format!("cannot start a shard: {e}"))));
-                        return;
-                    }
-                };
+                SHARD_THREAD.with(|s| s.set(Some((cache_id, index))));
                 rt.block_on(run(index, spec, rx, ready_tx, fault_tx));
             })
             .map_err(|e| Error::Other(format!("cannot start a shard: {e}")))?;
         ready_rx
             .await
             .map_err(|_| Error::Engine("the engine failed while opening the cache".into()))??;
-        Ok(Shard { tx, faults })
+        Ok(Shard {
+            tx,
+            runtime,
+            faults,
+        })
+    }
+
+    /// The runtime of the shard's thread.
+    pub(crate) fn runtime(&self) -> &tokio::runtime::Handle {
+        &self.runtime
     }
 
     /// Send `command`; `Closed` when the shard is gone.
@@ -303,6 +325,14 @@ impl Calls<'_> {
         let (a, cache) = (self.accessor, self.cache);
         let calls = self.guest.cache();
         match command {
+            Command::Peek { key, inm, reply } => {
+                let response = match calls.call_peek(a, cache, key, inm).await? {
+                    Ok(Some(response)) => Ok(Some(self.response(response)?)),
+                    Ok(None) => Ok(None),
+                    Err(e) => Err(e.into()),
+                };
+                let _ = reply.send(response);
+            }
             Command::Get {
                 key,
                 inm,

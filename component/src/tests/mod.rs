@@ -649,3 +649,40 @@ fn open_validates_the_config() {
     );
     assert!(matches!(result, Err(Error::InvalidConfig(why)) if why.starts_with("tiers")));
 }
+
+#[test]
+fn peek_answers_only_fresh_tier0_entries_and_does_nothing_else() {
+    let mut h = Harness::new(2);
+    let now = h.rt.now_ms();
+    let engine = h.engine.clone();
+    // Nothing anywhere, or only in a lower tier: no answer, no promotion.
+    assert!(h.run(engine.peek("k", None)).unwrap().is_none());
+    h.tiers[1].put("k", fresh("v1", now), b"cold");
+    assert!(h.run(engine.peek("k", None)).unwrap().is_none());
+    assert!(h.tiers[0].body("k").is_none(), "a peek promotes nothing");
+    // Fresh in tier 0: the body, and 304 for a matching tag.
+    h.tiers[0].put("k", fresh("v1", now), b"hot");
+    let r = h.run(engine.peek("k", None)).unwrap().expect("a fresh hit");
+    assert_eq!(
+        (r.status, r.source, r.stale),
+        (Status::Ok, Source::Tier(0), false)
+    );
+    assert_eq!(h.run(read_body(r.body)).unwrap(), b"hot");
+    let r = h.run(engine.peek("k", Some("\"v1\""))).unwrap().unwrap();
+    assert_eq!(r.status, Status::NotModified);
+    assert!(r.body.is_none());
+    // A fresh negative entry answers not-found.
+    h.tiers[0].put("gone", Metadata::negative_at(now), b"");
+    let r = h.run(engine.peek("gone", None)).unwrap().unwrap();
+    assert_eq!(r.status, Status::NotFound);
+    // Stale: left to `get`, which refreshes; a peek schedules nothing.
+    h.rt.advance(5_000);
+    assert!(h.run(engine.peek("k", None)).unwrap().is_none());
+    assert!(h.rt.jobs.borrow().is_empty());
+    assert_eq!(engine.flights(), 0);
+    // Bad keys fail as they do for `get`.
+    assert!(matches!(
+        h.run(engine.peek("", None)),
+        Err(Error::InvalidKey(_))
+    ));
+}

@@ -122,11 +122,38 @@ impl Server {
             }
             None => None,
         };
-        tasks.push(spawn_server(
-            listener,
-            stopped,
-            move |request: Request<Incoming>| proxy::handle(Arc::clone(&state), request),
-        ));
+        // Thread per core: every shard thread accepts from the one
+        // listening socket and serves its connections itself, so a request
+        // for one of its own keys never leaves the thread, and no thread
+        // pool sits between the connections and the engines.
+        let listener = listener.into_std().map_err(io_error)?;
+        for runtime in cache.shard_runtimes() {
+            let listener = listener.try_clone().map_err(io_error)?;
+            let state = Arc::clone(&state);
+            let stopped = stopped.clone();
+            let (bound_tx, bound) = tokio::sync::oneshot::channel();
+            let accept = runtime.spawn(async move {
+                // Registered with this thread's reactor, so its wake-ups
+                // arrive here.
+                let listener = match TcpListener::from_std(listener) {
+                    Ok(listener) => listener,
+                    Err(e) => {
+                        let _ = bound_tx.send(Err(io_error(e)));
+                        return;
+                    }
+                };
+                let _ = bound_tx.send(Ok(()));
+                let server = spawn_server(listener, stopped, move |request: Request<Incoming>| {
+                    proxy::handle(Arc::clone(&state), request)
+                });
+                let _ = server.await;
+            });
+            bound
+                .await
+                .map_err(|_| Error::Other("a shard stopped while starting to serve".into()))??;
+            tasks.push(accept);
+        }
+        drop(stopped);
         tracing::info!(origin, tiers = ?config.tiers, "serving on http://{addr}");
         Ok(Server {
             addr,

@@ -26,6 +26,10 @@ use daramjwee_component::http::{
 /// Body of every response the proxy sends.
 pub type ProxyBody = UnsyncBoxBody<Bytes, std::io::Error>;
 
+/// Bodies up to this size, when their size is known, are read whole
+/// before the response starts.
+const WHOLE_BODY: u64 = 64 * 1024;
+
 /// Shared by every request.
 pub(crate) struct State {
     pub cache: Cache,
@@ -232,6 +236,18 @@ async fn get(state: &State, key: &str, request: &Request<Incoming>) -> Response<
                     let _ = body.bytes().await;
                 });
                 empty()
+            } else if let Some(size) = body.size()
+                && size <= WHOLE_BODY
+            {
+                // A small body of known size goes out with its headers in
+                // one write, instead of a write for each.
+                match body.bytes().await {
+                    Ok(bytes) => {
+                        metrics.bytes.inc_by(bytes.len() as u64);
+                        full(bytes)
+                    }
+                    Err(e) => return failure(&e, &outcome),
+                }
             } else {
                 let bytes = metrics.bytes.clone();
                 let stream = body
