@@ -28,5 +28,5 @@ pub use engine::{Engine, Response, ResponseBody, Source, Status, Writer};
 pub use error::{Error, Result};
 pub use fill::{Chunk, FillReader};
 pub use freshness::{Freshness, classify};
-pub use meta::{Metadata, if_none_match};
+pub use meta::{Decoder, Metadata, if_none_match};
 pub use runtime::{Body, Entry, Fetched, Job, JobKind, Origin, Runtime, Sink, Tier};

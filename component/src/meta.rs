@@ -93,10 +93,14 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(s.as_bytes());
 }
 
-struct Decoder<'a>(&'a [u8]);
+/// A reader of the little-endian fields of a binary record: each read
+/// takes its bytes off the front, or answers `None` when too few are
+/// left. For stores whose own formats use the same field encodings.
+pub struct Decoder<'a>(pub &'a [u8]);
 
-impl Decoder<'_> {
-    fn take(&mut self, n: usize) -> Option<&[u8]> {
+impl<'a> Decoder<'a> {
+    /// The next `n` bytes.
+    pub fn take(&mut self, n: usize) -> Option<&'a [u8]> {
         if self.0.len() < n {
             return None;
         }
@@ -105,19 +109,23 @@ impl Decoder<'_> {
         Some(head)
     }
 
-    fn u8(&mut self) -> Option<u8> {
+    /// One byte.
+    pub fn u8(&mut self) -> Option<u8> {
         self.take(1).map(|b| b[0])
     }
 
-    fn u32(&mut self) -> Option<u32> {
+    /// A little-endian `u32`.
+    pub fn u32(&mut self) -> Option<u32> {
         Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
     }
 
-    fn u64(&mut self) -> Option<u64> {
+    /// A little-endian `u64`.
+    pub fn u64(&mut self) -> Option<u64> {
         Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
     }
 
-    fn string(&mut self) -> Option<String> {
+    /// A UTF-8 string after its `u32` length.
+    pub fn string(&mut self) -> Option<String> {
         let len = self.u32()? as usize;
         String::from_utf8(self.take(len)?.to_vec()).ok()
     }

@@ -68,6 +68,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
+use daramjwee_component::Decoder;
 use daramjwee_component::policy::{Policy, PolicyKind};
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
@@ -1173,35 +1174,14 @@ fn encode_meta(meta: &Metadata, out: &mut BytesMut) {
     }
 }
 
-struct Decoder<'a>(&'a [u8]);
+/// The field reader of the engine's codec, with the durations of this
+/// format (seconds and nanoseconds).
+trait Durations {
+    fn duration(&mut self) -> Option<Duration>;
+    fn opt_duration(&mut self) -> Option<Option<Duration>>;
+}
 
-impl Decoder<'_> {
-    fn take(&mut self, n: usize) -> Option<&[u8]> {
-        if self.0.len() < n {
-            return None;
-        }
-        let (head, rest) = self.0.split_at(n);
-        self.0 = rest;
-        Some(head)
-    }
-
-    fn u8(&mut self) -> Option<u8> {
-        self.take(1).map(|b| b[0])
-    }
-
-    fn u32(&mut self) -> Option<u32> {
-        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
-    }
-
-    fn u64(&mut self) -> Option<u64> {
-        Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
-    }
-
-    fn string(&mut self) -> Option<String> {
-        let len = self.u32()? as usize;
-        String::from_utf8(self.take(len)?.to_vec()).ok()
-    }
-
+impl Durations for Decoder<'_> {
     fn duration(&mut self) -> Option<Duration> {
         let secs = self.u64()?;
         let nanos = self.u32()?;

@@ -6,7 +6,7 @@
 //! "DJE1" | u32 rest-length | u32 meta-length | metadata | u32 key-length | key | u64 body-length | body
 //! ```
 
-use daramjwee_component::Metadata;
+use daramjwee_component::{Decoder, Metadata};
 use sha2::{Digest, Sha256};
 
 /// Identifies the layout; a new layout gets a new magic.
@@ -79,19 +79,12 @@ impl Header {
     /// more: the rest is ignored). `None` for anything damaged.
     pub fn decode(bytes: &[u8]) -> Option<Header> {
         let len = Self::header_len(bytes)?;
-        let mut rest = bytes.get(PREFIX..len)?;
-        let mut take = |n: usize| {
-            let (head, tail) = rest.split_at_checked(n)?;
-            rest = tail;
-            Some(head)
-        };
-        let u32_at = |b: &[u8]| u32::from_le_bytes(b.try_into().unwrap_or_default()) as usize;
-        let meta_len = u32_at(take(4)?);
-        let meta = Metadata::decode(take(meta_len)?)?;
-        let key_len = u32_at(take(4)?);
-        let key = std::str::from_utf8(take(key_len)?).ok()?.to_owned();
-        let body_len = u64::from_le_bytes(take(8)?.try_into().ok()?);
-        rest.is_empty().then_some(Header {
+        let mut d = Decoder(bytes.get(PREFIX..len)?);
+        let meta_len = d.u32()? as usize;
+        let meta = Metadata::decode(d.take(meta_len)?)?;
+        let key = d.string()?;
+        let body_len = d.u64()?;
+        d.0.is_empty().then_some(Header {
             meta,
             key,
             body_len,
