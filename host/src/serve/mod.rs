@@ -73,6 +73,7 @@ impl Server {
                     listener,
                     stopped.clone(),
                     |request| async move { Ok::<_, Infallible>(demo::answer(&request)) },
+                    Vec::new(),
                 ));
                 tracing::info!("demo origin on http://{addr}");
                 format!("http://{addr}")
@@ -109,51 +110,33 @@ impl Server {
                 let listener = bind("metrics-listen", metrics_listen).await?;
                 let metrics_addr = listener.local_addr().map_err(io_error)?;
                 let cache = cache.clone();
-                tasks.push(spawn_server(listener, stopped.clone(), move |request| {
-                    let body = match request.uri().path() {
-                        "/metrics" => Some(metrics.render(&cache)),
-                        "/healthz" => Some("ok\n".to_owned()),
-                        _ => None,
-                    };
-                    async move { Ok::<_, Infallible>(demo::plain(body)) }
-                }));
+                tasks.push(spawn_server(
+                    listener,
+                    stopped.clone(),
+                    move |request| {
+                        let body = match request.uri().path() {
+                            "/metrics" => Some(metrics.render(&cache)),
+                            "/healthz" => Some("ok\n".to_owned()),
+                            _ => None,
+                        };
+                        async move { Ok::<_, Infallible>(demo::plain(body)) }
+                    },
+                    Vec::new(),
+                ));
                 tracing::info!("metrics on http://{metrics_addr}/metrics");
                 Some(metrics_addr)
             }
             None => None,
         };
-        // Thread per core: every shard thread accepts from the one
-        // listening socket and serves its connections itself, so a request
-        // for one of its own keys never leaves the thread, and no thread
-        // pool sits between the connections and the engines.
-        let listener = listener.into_std().map_err(io_error)?;
-        for runtime in cache.shard_runtimes() {
-            let listener = listener.try_clone().map_err(io_error)?;
-            let state = Arc::clone(&state);
-            let stopped = stopped.clone();
-            let (bound_tx, bound) = tokio::sync::oneshot::channel();
-            let accept = runtime.spawn(async move {
-                // Registered with this thread's reactor, so its wake-ups
-                // arrive here.
-                let listener = match TcpListener::from_std(listener) {
-                    Ok(listener) => listener,
-                    Err(e) => {
-                        let _ = bound_tx.send(Err(io_error(e)));
-                        return;
-                    }
-                };
-                let _ = bound_tx.send(Ok(()));
-                let server = spawn_server(listener, stopped, move |request: Request<Incoming>| {
-                    proxy::handle(Arc::clone(&state), request)
-                });
-                let _ = server.await;
-            });
-            bound
-                .await
-                .map_err(|_| Error::Other("a shard stopped while starting to serve".into()))??;
-            tasks.push(accept);
-        }
-        drop(stopped);
+        // Thread per core: connections are dealt round-robin to the shard
+        // threads, which serve them on their own runtimes, so a request for
+        // one of the thread's keys, and any fresh hit, never leaves it.
+        tasks.push(spawn_server(
+            listener,
+            stopped,
+            move |request: Request<Incoming>| proxy::handle(Arc::clone(&state), request),
+            cache.shard_runtimes(),
+        ));
         tracing::info!(origin, tiers = ?config.tiers, "serving on http://{addr}");
         Ok(Server {
             addr,
@@ -257,11 +240,13 @@ fn io_error(e: std::io::Error) -> Error {
 }
 
 /// Accept HTTP/1 connections on `listener` until `stop` says so, then let
-/// the open ones finish their current response.
+/// the open ones finish their current response. Connections are served on
+/// `runtimes` in turn, or on the current runtime when there are none.
 fn spawn_server<F, Fut, B>(
     listener: TcpListener,
     mut stop: watch::Receiver<bool>,
     handler: F,
+    runtimes: Vec<tokio::runtime::Handle>,
 ) -> JoinHandle<()>
 where
     F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
@@ -273,12 +258,13 @@ where
     tokio::spawn(async move {
         let graceful = GracefulShutdown::new();
         let http = hyper::server::conn::http1::Builder::new();
+        let mut next = 0usize;
         loop {
             tokio::select! {
                 accepted = listener.accept() => {
                     let stream = match accepted {
                         Ok((stream, _)) => {
-                            // Headers and body leave in separate writes:
+                            // A response can leave in several writes:
                             // with Nagle on, the second waits for the
                             // client's delayed ACK (tens of ms per request).
                             if let Err(e) = stream.set_nodelay(true) {
@@ -293,16 +279,34 @@ where
                         }
                     };
                     let handler = handler.clone();
-                    let connection = http.serve_connection(
-                        TokioIo::new(stream),
-                        service_fn(handler),
-                    );
-                    let connection = graceful.watch(connection);
-                    tokio::spawn(async move {
-                        if let Err(e) = connection.await {
+                    let watcher = graceful.watcher();
+                    let http = http.clone();
+                    let serve = move |stream: tokio::net::TcpStream| async move {
+                        let connection =
+                            http.serve_connection(TokioIo::new(stream), service_fn(handler));
+                        if let Err(e) = watcher.watch(connection).await {
                             tracing::debug!("connection ended: {e}");
                         }
-                    });
+                    };
+                    if runtimes.is_empty() {
+                        tokio::spawn(serve(stream));
+                        continue;
+                    }
+                    let runtime = &runtimes[next % runtimes.len()];
+                    next = next.wrapping_add(1);
+                    // The socket moves to the reactor of the thread that
+                    // serves it.
+                    match stream.into_std() {
+                        Ok(stream) => {
+                            runtime.spawn(async move {
+                                match tokio::net::TcpStream::from_std(stream) {
+                                    Ok(stream) => serve(stream).await,
+                                    Err(e) => tracing::warn!("cannot serve a connection: {e}"),
+                                }
+                            });
+                        }
+                        Err(e) => tracing::warn!("cannot hand a connection over: {e}"),
+                    }
                 }
                 _ = async { stop.wait_for(|stop| *stop).await.map(|_| ()) } => break,
             }
