@@ -227,8 +227,14 @@ impl TierSink for MemorySink {
         if !self.too_large && !data.is_empty() {
             self.len += data.len() as u64;
             self.chunks.push(data);
-            let limit = self.store.inner.shard_capacity;
-            if limit > 0 && charge(&self.key, &self.meta, self.len) > limit {
+            // Stop holding a body the policy would drop on commit anyway,
+            // rather than buffer up to the whole capacity to find out.
+            let charged = charge(&self.key, &self.meta, self.len);
+            let admitted = match &self.store.shard(&self.key).policy {
+                Some(policy) => lock(policy).admits(&Arc::from(self.key.as_str()), charged),
+                None => true,
+            };
+            if !admitted {
                 self.too_large = true;
                 self.chunks = Vec::new();
             }

@@ -66,6 +66,10 @@ impl<K: Hash + Eq + Clone + Send, S: BuildHasher + Send> Policy<K> for Lru<K, S>
         self.queue.push_head(&mut self.table, idx);
     }
 
+    fn admits(&self, _key: &K, size: u64) -> bool {
+        size <= self.capacity
+    }
+
     fn touch(&mut self, key: &K) -> bool {
         let Some(idx) = self.table.get(key) else {
             return false;

@@ -43,6 +43,11 @@ pub trait Policy<K: Hash + Eq + Clone>: Send {
     /// when the policy does not admit it (larger than the whole capacity,
     /// or for S3-FIFO not smaller than its small queue).
     fn insert(&mut self, key: K, size: u64, evicted: &mut Vec<K>);
+    /// False when [`insert`](Self::insert)ing `key` with `size` now would
+    /// drop it at once (too large for where the policy would put it); true
+    /// when it may stay. A store buffering a body to insert asks this as
+    /// the body grows, and stops buffering one it could never keep.
+    fn admits(&self, key: &K, size: u64) -> bool;
     /// A hit on `key`. Returns false if the key is not tracked.
     fn touch(&mut self, key: &K) -> bool;
     /// The store removed `key` (delete). Returns false if it was not tracked.
@@ -132,6 +137,33 @@ impl FromStr for PolicyKind {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn what_admits_refuses_insert_drops() {
+        for kind in PolicyKind::ALL {
+            let mut policy = kind.build::<u32>(1000);
+            let mut evicted = Vec::new();
+            // Keys from a small range with varied sizes: resident updates,
+            // misses and, for S3-FIFO, ghost hits all come up.
+            let mut x = 7u64;
+            let mut refused = 0;
+            for _ in 0..5000 {
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                let key = (x >> 33) as u32 % 40;
+                let size = [1, 20, 99, 100, 101, 300, 999, 1000, 1001][(x >> 20) as usize % 9];
+                let admitted = policy.admits(&key, size);
+                evicted.clear();
+                policy.insert(key, size, &mut evicted);
+                if !admitted {
+                    assert!(!policy.contains(&key), "{kind}: key {key} size {size}");
+                }
+                refused += usize::from(!admitted);
+            }
+            assert!(refused > 0, "{kind}: some sizes are too large");
+        }
+    }
 
     #[test]
     fn kinds_parse_from_their_names() {

@@ -229,6 +229,14 @@ impl<K: Hash + Eq + Clone + Send, S: BuildHasher + Send> Policy<K> for S3Fifo<K,
         }
     }
 
+    fn admits(&self, key: &K, size: u64) -> bool {
+        match self.table.get(key).map(|idx| self.table.node(idx).queue) {
+            Some(GHOST) => size <= self.small_capacity,
+            Some(_) => size <= self.capacity,
+            None => size < self.small_capacity,
+        }
+    }
+
     fn touch(&mut self, key: &K) -> bool {
         let Some(idx) = self.table.get(key) else {
             return false;

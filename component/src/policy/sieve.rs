@@ -101,6 +101,10 @@ impl<K: Hash + Eq + Clone + Send, S: BuildHasher + Send> Policy<K> for Sieve<K, 
         self.queue.push_head(&mut self.table, idx);
     }
 
+    fn admits(&self, _key: &K, size: u64) -> bool {
+        size <= self.capacity
+    }
+
     fn touch(&mut self, key: &K) -> bool {
         match self.table.get(key) {
             Some(idx) => {
