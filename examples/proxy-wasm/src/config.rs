@@ -197,10 +197,8 @@ impl Settings {
         if self.max_key == 0 {
             return bad("max-key: must be positive");
         }
-        if let Some(d) = &self.shared_data {
-            if d.max_entry == 0 {
-                return bad("shared-data.max-entry: must be positive");
-            }
+        if self.shared_data.as_ref().is_some_and(|d| d.max_entry == 0) {
+            return bad("shared-data.max-entry: must be positive");
         }
         Ok(())
     }

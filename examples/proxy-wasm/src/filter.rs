@@ -22,7 +22,7 @@ use crate::rules::{
     Capture, Head, Outcome, Plan, Refresh, Refresher, Reply, Request, Verdict, judge, plan,
     refreshed,
 };
-use crate::{LocalTier, Settings};
+use crate::{Entry, LocalTier, Settings};
 
 proxy_wasm::main! {{
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root { state: None }) });
@@ -227,28 +227,38 @@ impl Stream {
         let now = now_ms(self);
         let mut st = state.borrow_mut();
         let st = &mut *st;
-        let (entry, tier) = match st.tier.get(&key) {
-            Some(entry) => (Some(entry.clone()), 0),
-            None => (shared::read(&st.settings, &key), 1),
+        let can_refresh = st.settings.upstream.is_some();
+        let judged = |entry: &Entry, tier| {
+            let verdict = judge(
+                entry,
+                now,
+                &st.settings,
+                tier,
+                req.if_none_match,
+                head,
+                can_refresh,
+            );
+            (verdict != Verdict::Miss).then_some(verdict)
         };
-        let Some(entry) = entry else {
+        // The worker's own tier first; shared data when it has nothing
+        // usable (another worker may have fetched or refreshed the key).
+        let mut found = st
+            .tier
+            .get(&key)
+            .cloned()
+            .and_then(|entry| Some((judged(&entry, 0)?, entry)));
+        if found.is_none()
+            && let Some(entry) = shared::read(&st.settings, &key)
+            && let Some(verdict) = judged(&entry, 1)
+        {
+            // Promote: the next hit on this worker stays off shared data.
+            st.tier.insert(key.clone(), entry.clone());
+            found = Some((verdict, entry));
+        }
+        let Some((verdict, entry)) = found else {
             self.phase = Self::miss(key, head);
             return Action::Continue;
         };
-        let can_refresh = st.settings.upstream.is_some();
-        let verdict = judge(
-            &entry,
-            now,
-            &st.settings,
-            tier,
-            req.if_none_match,
-            head,
-            can_refresh,
-        );
-        if tier == 1 && verdict != Verdict::Miss {
-            // Promote: the next hit on this worker stays off shared data.
-            st.tier.insert(key.clone(), entry.clone());
-        }
         match verdict {
             Verdict::Hit(reply) => self.reply(reply),
             Verdict::Stale(reply) => {
@@ -370,26 +380,22 @@ impl HttpContext for Stream {
         let Some(state) = self.state.clone() else {
             return Action::Continue;
         };
-        if let Phase::Capture(capture) = &mut self.phase {
-            if capture.wants(body_size, &state.borrow().settings) {
-                // The body arrives chunk by chunk and each chunk goes on to
-                // the client at once: only the copy is bounded by max-body.
-                if let Some(chunk) = proxy_wasm::hostcalls::get_buffer(
-                    proxy_wasm::types::BufferType::HttpResponseBody,
-                    0,
-                    body_size,
-                )
-                .ok()
-                .flatten()
-                {
-                    capture.push(&chunk);
-                }
-            }
+        let wants = match &mut self.phase {
+            Phase::Capture(capture) => capture.wants(body_size, &state.borrow().settings),
+            _ => false,
+        };
+        // Each chunk goes on to the client at once (the filter answers
+        // Continue); only the copy kept for the cache is bounded.
+        if wants
+            && let Some(chunk) = self.get_http_response_body(0, body_size)
+            && let Phase::Capture(capture) = &mut self.phase
+        {
+            capture.push(&chunk);
         }
-        if end_of_stream {
-            if let Phase::Capture(capture) = std::mem::replace(&mut self.phase, Phase::Pass) {
-                self.store(&state, capture);
-            }
+        if end_of_stream
+            && let Phase::Capture(capture) = std::mem::replace(&mut self.phase, Phase::Pass)
+        {
+            self.store(&state, capture);
         }
         Action::Continue
     }

@@ -213,6 +213,7 @@ struct Plugin {
     root: ContextId,
     clock: Arc<TestClock>,
     callouts: Arc<Recorder>,
+    logs: Arc<Logs>,
 }
 
 fn start(config: &str, shared: Arc<InMemoryStore>) -> Result<Plugin, (Started, Arc<Logs>)> {
@@ -236,6 +237,7 @@ fn start(config: &str, shared: Arc<InMemoryStore>) -> Result<Plugin, (Started, A
             root,
             clock,
             callouts,
+            logs,
         }),
         refused => Err((refused, logs)),
     }
@@ -732,6 +734,37 @@ fn shared_data_makes_one_workers_entry_visible_to_another() {
     let mut c = start(config, store).unwrap_or_else(|_| panic!("c refused"));
     let from_c = c.get("/shared", &mut origin);
     assert!(from_c.local, "a's new miss republished the entry");
+}
+
+#[test]
+fn a_worker_with_an_expired_copy_takes_a_fresher_one_from_shared_data() {
+    let store = Arc::new(InMemoryStore::new());
+    let config = r#"{"fresh-for": "1s", "shared-data": true}"#;
+    let mut a = start(config, store.clone()).unwrap_or_else(|_| panic!("a refused"));
+    let mut b = start(config, store).unwrap_or_else(|_| panic!("b refused"));
+    let mut origin = Origin::default().with("/v", answer(200, &[], &[b"one"]));
+    a.get("/v", &mut origin);
+    assert_eq!(
+        b.get("/v", &mut origin).cache_status(),
+        "daramjwee; hit; detail=tier1"
+    );
+
+    for p in [&a, &b] {
+        p.advance(2_000);
+    }
+    origin = origin.with("/v", answer(200, &[], &[b"two"]));
+    assert!(
+        !a.get("/v", &mut origin).local,
+        "a's copy expired: a fetches"
+    );
+    let from_b = b.get("/v", &mut origin);
+    assert!(
+        from_b.local,
+        "b's own copy expired, a's new one is in shared data"
+    );
+    assert_eq!(from_b.body, b"two");
+    assert_eq!(from_b.cache_status(), "daramjwee; hit; detail=tier1");
+    assert_eq!(origin.times("/v"), 2);
 }
 
 #[test]
