@@ -361,4 +361,20 @@ mod tests {
         assert!(err(r#"{"shared-data": 1}"#).contains("shared-data"));
         assert!(err(r#"{"shared-data": {"prefix": 1}}"#).contains("shared-data.prefix"));
     }
+
+    #[test]
+    fn the_shipped_envoy_configuration_is_valid() {
+        let yaml = include_str!("../envoy.yaml");
+        let start = yaml.find("value: |").expect("a configuration block");
+        let indent = yaml[..start].rsplit('\n').next().unwrap_or_default().len();
+        let json: String = yaml[start..]
+            .lines()
+            .skip(1)
+            .take_while(|l| l.len() - l.trim_start().len() > indent)
+            .collect();
+        let s = Settings::from_json(json.as_bytes()).unwrap();
+        assert_eq!(s.upstream.as_deref(), Some("origin"));
+        assert_eq!(s.capacity, 256 << 20);
+        assert!(s.shared_data.is_some());
+    }
 }
