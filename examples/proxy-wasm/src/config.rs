@@ -112,9 +112,10 @@ impl Settings {
             s.capacity = size("capacity", &v)?;
         }
         if let Some(v) = raw.policy {
-            s.policy = text("policy", &v)?
-                .parse()
-                .map_err(|e: daramjwee_component::Error| bad(format!("policy: {e}")))?;
+            s.policy = text("policy", &v)?.parse().map_err(|e| match e {
+                daramjwee_component::Error::InvalidConfig(why) => bad(format!("policy: {why}")),
+                other => bad(format!("policy: {other}")),
+            })?;
         }
         if let Some(v) = raw.max_body {
             s.max_body = size("max-body", &v)?;
@@ -343,7 +344,11 @@ mod tests {
 
     #[test]
     fn bad_configuration_names_the_key() {
-        assert!(err(r#"{"policy": "lfu"}"#).contains("policy"));
+        assert_eq!(
+            err(r#"{"policy": "lfu"}"#),
+            "invalid plugin configuration: policy: eviction policy `lfu` is unknown \
+             (expected lru, s3fifo or sieve)"
+        );
         assert!(err(r#"{"capacity": 0}"#).contains("capacity"));
         assert!(err(r#"{"capacity": 10, "max-body": 11}"#).contains("max-body"));
         assert!(err(r#"{"fresh-for": "soon"}"#).contains("fresh-for"));

@@ -780,6 +780,12 @@ fn shared_data_refusals_do_not_break_the_filter() {
     let mut origin = Origin::default().with("/big", answer(200, &[], &[&big]));
     a.get("/big", &mut origin);
     assert!(
+        a.logs
+            .contains("shared data write of example.com/big refused (10)"),
+        "the host answered INTERNAL_FAILURE: {:?}",
+        a.logs.0.lock().unwrap()
+    );
+    assert!(
         a.get("/big", &mut origin).local,
         "the local tier still has it"
     );
