@@ -78,13 +78,25 @@ impl Hosted {
     }
 
     async fn get(&self, key: &str) -> usize {
-        let response = self.cache.get(key, self.origin.clone()).await.expect("get");
-        let mut body = response.body.expect("a body");
-        let mut n = 0;
-        while let Some(chunk) = body.next().await {
-            n += black_box(chunk.expect("chunk")).len();
-        }
-        n
+        read(&self.cache, &self.origin, key).await
+    }
+
+    /// Time `iters` hits of `key` from a task on the first shard's own
+    /// thread, as `daramjwee serve` makes them: no hop to another thread
+    /// (the shard answers itself, by `get` when it owns the key and by
+    /// `peek` when it does not).
+    fn time_on_shard(&self, iters: u64, key: &str) -> Duration {
+        let (cache, origin, key) = (self.cache.clone(), self.origin.clone(), key.to_owned());
+        let shard = self.cache.shard_runtimes()[0].clone();
+        self.rt
+            .block_on(shard.spawn(async move {
+                let started = Instant::now();
+                for _ in 0..iters {
+                    black_box(read(&cache, &origin, &key).await);
+                }
+                started.elapsed()
+            }))
+            .expect("the timing task")
     }
 
     /// Time `iters` runs of `prepare` (untimed) then `get`.
@@ -104,6 +116,17 @@ impl Hosted {
     fn close(self) {
         self.rt.block_on(self.cache.close());
     }
+}
+
+/// Get `key` and read its body, returning its length.
+async fn read(cache: &Cache, origin: &Origin, key: &str) -> usize {
+    let response = cache.get(key, origin.clone()).await.expect("get");
+    let mut body = response.body.expect("a body");
+    let mut n = 0;
+    while let Some(chunk) = body.next().await {
+        n += black_box(chunk.expect("chunk")).len();
+    }
+    n
 }
 
 // ---- natively -------------------------------------------------------------
@@ -328,6 +351,12 @@ fn hot_hits(c: &mut Criterion) {
         hosted.rt.block_on(hosted.get("k"));
         group.bench_function("component", |b| {
             b.iter_custom(|iters| hosted.time(iters, "k", async |_| {}))
+        });
+        hosted.close();
+        let hosted = Hosted::new(1, 2, size);
+        hosted.rt.block_on(hosted.get("k"));
+        group.bench_function("component_on_shard_thread", |b| {
+            b.iter_custom(|iters| hosted.time_on_shard(iters, "k"))
         });
         hosted.close();
         let mut local = Native::new(1, size);
