@@ -1,6 +1,6 @@
 //! Engine configuration, validated once when the cache is opened.
 
-use crate::{Error, Result};
+use crate::{Error, Metadata, Result};
 
 /// Freshness windows that replace the cache-wide ones for one tier.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -93,6 +93,13 @@ impl Config {
             o.and_then(|o| o.negative_fresh_for)
                 .unwrap_or(self.negative_fresh_for),
         )
+    }
+
+    /// The window that `meta` is judged by in tier `tier`: the tier's
+    /// negative window for a negative entry, its positive one otherwise.
+    pub fn window(&self, tier: usize, meta: &Metadata) -> u64 {
+        let (positive, negative) = self.windows(tier);
+        if meta.negative { negative } else { positive }
     }
 
     /// Check a key: not empty, not longer than `max-key-len`.

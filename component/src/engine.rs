@@ -264,40 +264,11 @@ impl<R: Runtime> Engine<R> {
             Err(e @ Error::InvalidKey(_)) => return Err(e),
             Err(_) => return Ok(None),
         };
-        let (positive, negative) = inner.config.windows(0);
-        let window = if entry.meta.negative {
-            negative
-        } else {
-            positive
-        };
+        let window = inner.config.window(0, &entry.meta);
         if classify(&entry.meta, inner.rt.now_ms(), window) != Freshness::Fresh {
             return Ok(None);
         }
-        let source = Source::Tier(0);
-        if entry.meta.negative {
-            return Ok(Some(Response::without_body(
-                Status::NotFound,
-                entry.meta,
-                source,
-                false,
-            )));
-        }
-        if inm.is_some_and(|inm| if_none_match(inm, &entry.meta.tag)) {
-            return Ok(Some(Response::without_body(
-                Status::NotModified,
-                entry.meta,
-                source,
-                false,
-            )));
-        }
-        let Entry { meta, size, body } = entry;
-        Ok(Some(Response {
-            status: Status::Ok,
-            meta,
-            source,
-            stale: false,
-            body: Some(ResponseBody::Direct { body, size }),
-        }))
+        Ok(answer_from(entry, Source::Tier(0), false, inm, true).ok())
     }
 
     /// Write `key` into tier 0 directly; `cached-at` becomes now.
@@ -483,13 +454,7 @@ impl<R: Runtime> Inner<R> {
                     continue;
                 }
             };
-            let (positive, negative) = self.config.windows(i);
-            let window = if entry.meta.negative {
-                negative
-            } else {
-                positive
-            };
-            let freshness = classify(&entry.meta, now, window);
+            let freshness = classify(&entry.meta, now, self.config.window(i, &entry.meta));
             let source = Source::Tier(i as u32);
             if freshness == Freshness::Expired {
                 held = Some((i, entry.meta));
@@ -499,37 +464,14 @@ impl<R: Runtime> Inner<R> {
             if stale {
                 self.refresh_behind(key, origin);
             }
-            if entry.meta.negative {
-                if !stale && i > 0 && !dirty {
-                    self.write_negative(key, generation, &entry.meta, 0..i)
-                        .await;
-                }
-                return Ok(Step::Done(Response::without_body(
-                    Status::NotFound,
-                    entry.meta,
-                    source,
-                    stale,
-                )));
+            if entry.meta.negative && !stale && i > 0 && !dirty {
+                self.write_negative(key, generation, &entry.meta, 0..i)
+                    .await;
             }
-            if inm.is_some_and(|inm| if_none_match(inm, &entry.meta.tag)) {
-                return Ok(Step::Done(Response::without_body(
-                    Status::NotModified,
-                    entry.meta,
-                    source,
-                    stale,
-                )));
-            }
-            if i == 0 || stale || dirty {
-                let Entry { meta, size, body } = entry;
-                let body = Some(ResponseBody::Direct { body, size });
-                return Ok(Step::Done(Response {
-                    status: Status::Ok,
-                    meta,
-                    source,
-                    stale,
-                    body,
-                }));
-            }
+            let entry = match answer_from(entry, source, stale, inm, i == 0 || stale || dirty) {
+                Ok(response) => return Ok(Step::Done(response)),
+                Err(entry) => entry,
+            };
             // A fresh lower-tier hit: stream it while promoting it to tier 0.
             if let Some(flight) = self.flight(key) {
                 return self.join(&flight, inm).await;
@@ -971,6 +913,46 @@ impl<R: Runtime> Inner<R> {
         self.pump(&fill, entry.body, plan).await;
         Ok(())
     }
+}
+
+/// What `entry` answers by itself: not-found when it is negative,
+/// not-modified when `inm` matches its tag, else its body when
+/// `with_body`; otherwise the entry back (a fresh lower-tier hit, to be
+/// promoted).
+fn answer_from<R: Runtime>(
+    entry: Entry<R::Body>,
+    source: Source,
+    stale: bool,
+    inm: Option<&str>,
+    with_body: bool,
+) -> std::result::Result<Response<R>, Entry<R::Body>> {
+    if entry.meta.negative {
+        return Ok(Response::without_body(
+            Status::NotFound,
+            entry.meta,
+            source,
+            stale,
+        ));
+    }
+    if inm.is_some_and(|inm| if_none_match(inm, &entry.meta.tag)) {
+        return Ok(Response::without_body(
+            Status::NotModified,
+            entry.meta,
+            source,
+            stale,
+        ));
+    }
+    if !with_body {
+        return Err(entry);
+    }
+    let Entry { meta, size, body } = entry;
+    Ok(Response {
+        status: Status::Ok,
+        meta,
+        source,
+        stale,
+        body: Some(ResponseBody::Direct { body, size }),
+    })
 }
 
 fn fill_response<R: Runtime>(reader: FillReader, source: Source) -> Response<R> {

@@ -56,11 +56,7 @@ impl Metadata {
     pub fn decode(bytes: &[u8]) -> Option<Metadata> {
         let mut d = Decoder(bytes);
         let tag = d.string()?;
-        let negative = match d.u8()? {
-            0 => false,
-            1 => true,
-            _ => return None,
-        };
+        let negative = d.flag()?;
         let mut times = [None; 3];
         for time in &mut times {
             *time = match d.u8()? {
@@ -70,13 +66,7 @@ impl Metadata {
             };
         }
         let [cached_at, fresh_for, stale_for] = times;
-        let count = d.u32()? as usize;
-        // Each attribute takes at least 8 bytes: bound the allocation by
-        // the input, not by a count that may be garbage.
-        let mut attributes = Vec::with_capacity(count.min(d.0.len() / 8));
-        for _ in 0..count {
-            attributes.push((d.string()?, d.string()?));
-        }
+        let attributes = d.pairs()?;
         d.0.is_empty().then_some(Metadata {
             tag,
             cached_at,
@@ -122,6 +112,27 @@ impl<'a> Decoder<'a> {
     /// A little-endian `u64`.
     pub fn u64(&mut self) -> Option<u64> {
         Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
+    }
+
+    /// A boolean byte: 0 or 1, anything else is malformed.
+    pub fn flag(&mut self) -> Option<bool> {
+        match self.u8()? {
+            0 => Some(false),
+            1 => Some(true),
+            _ => None,
+        }
+    }
+
+    /// A `u32` count, then that many pairs of strings.
+    pub fn pairs(&mut self) -> Option<Vec<(String, String)>> {
+        let count = self.u32()? as usize;
+        // Each pair takes at least 8 bytes: bound the allocation by the
+        // input, not by a count that may be garbage.
+        let mut pairs = Vec::with_capacity(count.min(self.0.len() / 8));
+        for _ in 0..count {
+            pairs.push((self.string()?, self.string()?));
+        }
+        Some(pairs)
     }
 
     /// A UTF-8 string after its `u32` length.

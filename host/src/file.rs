@@ -1200,11 +1200,7 @@ impl Durations for Decoder<'_> {
 fn decode_meta(bytes: &[u8]) -> Option<Metadata> {
     let mut d = Decoder(bytes);
     let tag = d.string()?;
-    let negative = match d.u8()? {
-        0 => false,
-        1 => true,
-        _ => return None,
-    };
+    let negative = d.flag()?;
     let cached_at = match d.u8()? {
         0 => None,
         1 => Some(UNIX_EPOCH.checked_add(d.duration()?)?),
@@ -1213,13 +1209,7 @@ fn decode_meta(bytes: &[u8]) -> Option<Metadata> {
     };
     let fresh_for = d.opt_duration()?;
     let stale_for = d.opt_duration()?;
-    let count = d.u32()? as usize;
-    // Each attribute takes at least 8 bytes: bound the allocation by the
-    // input, not by a count that may be garbage.
-    let mut attributes = Vec::with_capacity(count.min(d.0.len() / 8));
-    for _ in 0..count {
-        attributes.push((d.string()?, d.string()?));
-    }
+    let attributes = d.pairs()?;
     d.0.is_empty().then_some(Metadata {
         tag,
         cached_at,

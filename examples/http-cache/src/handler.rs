@@ -91,7 +91,7 @@ impl<T: Tier<Body = EdgeBody>> EdgeCache<T> {
             Source::Tier(index) => Served::Tier {
                 index: index as usize,
                 stale: response.stale,
-                expired: response.stale && self.expired(&response.meta),
+                expired: response.stale && self.expired(index as usize, &response.meta),
             },
         };
         let status = match response.status {
@@ -146,13 +146,8 @@ impl<T: Tier<Body = EdgeBody>> EdgeCache<T> {
 
     /// Past freshness and past the stale window: only an origin failure
     /// lets such an entry be served.
-    fn expired(&self, meta: &Metadata) -> bool {
-        let config = &self.settings.engine;
-        let window = if meta.negative {
-            config.negative_fresh_for
-        } else {
-            config.fresh_for
-        };
+    fn expired(&self, tier: usize, meta: &Metadata) -> bool {
+        let window = self.settings.engine.window(tier, meta);
         classify(meta, self.engine.runtime().now_ms(), window) == Freshness::Expired
     }
 }
