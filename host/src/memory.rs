@@ -213,7 +213,8 @@ impl MemoryStore {
 
 struct MemorySink {
     store: MemoryStore,
-    key: String,
+    /// Shared so each write can ask the policy about it without a copy.
+    key: Arc<str>,
     meta: Metadata,
     /// Kept as handed in: a body written in one chunk is stored as is.
     chunks: Vec<Bytes>,
@@ -231,7 +232,7 @@ impl TierSink for MemorySink {
             // rather than buffer up to the whole capacity to find out.
             let charged = charge(&self.key, &self.meta, self.len);
             let admitted = match &self.store.shard(&self.key).policy {
-                Some(policy) => lock(policy).admits(&Arc::from(self.key.as_str()), charged),
+                Some(policy) => lock(policy).admits(&self.key, charged),
                 None => true,
             };
             if !admitted {
@@ -306,7 +307,7 @@ impl Tier for MemoryStore {
     ) -> BoxFuture<'a, Result<Box<dyn TierSink>>> {
         let sink = MemorySink {
             store: self.clone(),
-            key: key.to_owned(),
+            key: Arc::from(key),
             meta,
             chunks: Vec::new(),
             len: 0,
