@@ -58,6 +58,20 @@ pub enum ResponseBody<R: Runtime> {
     Fill(FillReader),
 }
 
+/// The largest body [`Engine::peek_whole`] hands over.
+pub const WHOLE_MAX: u64 = 64 * 1024;
+
+/// The answer of [`Engine::peek_whole`]: from tier 0, fresh.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WholeResponse {
+    /// The outcome.
+    pub status: Status,
+    /// The entry's metadata.
+    pub meta: Metadata,
+    /// The whole body; empty unless `status` is `Ok`.
+    pub body: Vec<u8>,
+}
+
 /// The answer to a `get`.
 pub struct Response<R: Runtime> {
     /// The outcome.
@@ -269,6 +283,40 @@ impl<R: Runtime> Engine<R> {
             return Ok(None);
         }
         Ok(answer_from(entry, Source::Tier(0), false, inm, true).ok())
+    }
+
+    /// [`Engine::peek`] for small entries, without waiting: a fresh tier-0
+    /// hit whose body is at most [`WHOLE_MAX`] bytes, when tier 0 can
+    /// hand it over at once ([`Tier::get_whole`]). `None` says nothing
+    /// about the key: `peek` or `get` answer it.
+    pub fn peek_whole(&self, key: &str, inm: Option<&str>) -> Result<Option<WholeResponse>> {
+        let inner = &self.inner;
+        inner.check(key)?;
+        let Some(tier) = inner.tiers.first() else {
+            return Ok(None);
+        };
+        let (meta, body) = match tier.get_whole(key, WHOLE_MAX) {
+            Ok(Some(found)) => found,
+            Ok(None) => return Ok(None),
+            Err(e @ Error::InvalidKey(_)) => return Err(e),
+            Err(_) => return Ok(None),
+        };
+        let window = inner.config.window(0, &meta);
+        if classify(&meta, inner.rt.now_ms(), window) != Freshness::Fresh {
+            return Ok(None);
+        }
+        Ok(Some(match answer_by_meta(&meta, inm) {
+            Some(status) => WholeResponse {
+                status,
+                meta,
+                body: Vec::new(),
+            },
+            None => WholeResponse {
+                status: Status::Ok,
+                meta,
+                body,
+            },
+        }))
     }
 
     /// Write `key` into tier 0 directly; `cached-at` becomes now.
@@ -915,6 +963,19 @@ impl<R: Runtime> Inner<R> {
     }
 }
 
+/// What an entry answers without its body: not-found when it is
+/// negative, not-modified when `inm` matches its tag; `None` when the
+/// answer is its body.
+fn answer_by_meta(meta: &Metadata, inm: Option<&str>) -> Option<Status> {
+    if meta.negative {
+        Some(Status::NotFound)
+    } else if inm.is_some_and(|inm| if_none_match(inm, &meta.tag)) {
+        Some(Status::NotModified)
+    } else {
+        None
+    }
+}
+
 /// What `entry` answers by itself: not-found when it is negative,
 /// not-modified when `inm` matches its tag, else its body when
 /// `with_body`; otherwise the entry back (a fresh lower-tier hit, to be
@@ -926,21 +987,8 @@ fn answer_from<R: Runtime>(
     inm: Option<&str>,
     with_body: bool,
 ) -> std::result::Result<Response<R>, Entry<R::Body>> {
-    if entry.meta.negative {
-        return Ok(Response::without_body(
-            Status::NotFound,
-            entry.meta,
-            source,
-            stale,
-        ));
-    }
-    if inm.is_some_and(|inm| if_none_match(inm, &entry.meta.tag)) {
-        return Ok(Response::without_body(
-            Status::NotModified,
-            entry.meta,
-            source,
-            stale,
-        ));
+    if let Some(status) = answer_by_meta(&entry.meta, inm) {
+        return Ok(Response::without_body(status, entry.meta, source, stale));
     }
     if !with_body {
         return Err(entry);

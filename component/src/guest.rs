@@ -116,6 +116,15 @@ impl crate::Tier for store::Tier {
         }))
     }
 
+    fn get_whole(
+        &self,
+        key: &str,
+        max_size: u64,
+    ) -> crate::Result<Option<(crate::Metadata, Vec<u8>)>> {
+        let entry = store::Tier::get_whole(self, key, max_size)?;
+        Ok(entry.map(|e| (e.meta.into(), e.body)))
+    }
+
     async fn stat(&self, key: &str) -> crate::Result<Option<crate::Metadata>> {
         Ok(store::Tier::stat(self, key.to_owned())
             .await?
@@ -257,6 +266,21 @@ impl cx::GuestCache for CacheImpl {
         Ok(r.map(wit_response))
     }
 
+    fn peek_whole(
+        &self,
+        key: String,
+        if_none_match: Option<String>,
+    ) -> Result<Option<cx::WholeResponse>, wit::Error> {
+        #[cfg(feature = "fault-injection")]
+        faults::inject(&key);
+        let r = self.engine.peek_whole(&key, if_none_match.as_deref())?;
+        Ok(r.map(|r| cx::WholeResponse {
+            status: wit_status(r.status),
+            meta: r.meta.into(),
+            body: r.body,
+        }))
+    }
+
     async fn set(&self, key: String, meta: wit::Metadata) -> Result<cx::Writer, wit::Error> {
         let writer = self.engine.set(&key, meta.into()).await?;
         Ok(cx::Writer::new(WriterImpl {
@@ -330,11 +354,7 @@ fn wit_response(r: crate::Response<GuestRt>) -> cx::Response {
             (Some(stream), None, Some(complete))
         }
     };
-    let status = match r.status {
-        crate::Status::Ok => cx::Status::Ok,
-        crate::Status::NotModified => cx::Status::NotModified,
-        crate::Status::NotFound => cx::Status::NotFound,
-    };
+    let status = wit_status(r.status);
     let source = match r.source {
         crate::Source::Tier(i) => cx::Source::Tier(i),
         crate::Source::Origin => cx::Source::Origin,
@@ -348,6 +368,14 @@ fn wit_response(r: crate::Response<GuestRt>) -> cx::Response {
         body,
         size,
         complete,
+    }
+}
+
+fn wit_status(status: crate::Status) -> cx::Status {
+    match status {
+        crate::Status::Ok => cx::Status::Ok,
+        crate::Status::NotModified => cx::Status::NotModified,
+        crate::Status::NotFound => cx::Status::NotFound,
     }
 }
 

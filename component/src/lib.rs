@@ -24,7 +24,9 @@ mod guest;
 mod tests;
 
 pub use config::{Config, TierFreshness};
-pub use engine::{Engine, Response, ResponseBody, Source, Status, Writer};
+pub use engine::{
+    Engine, Response, ResponseBody, Source, Status, WHOLE_MAX, WholeResponse, Writer,
+};
 pub use error::{Error, Result};
 pub use fill::{Chunk, FillReader};
 pub use freshness::{Freshness, classify};

@@ -43,6 +43,14 @@ pub trait Tier: 'static {
     fn name(&self) -> String;
     /// Open `key` for reading.
     fn get(&self, key: &str) -> impl Future<Output = Result<Option<Entry<Self::Body>>>>;
+    /// The entry of `key` with its whole body, when the tier can hand it
+    /// over at once and the body is at most `max_size` bytes. `None` says
+    /// only that this way cannot answer (`get` can); tiers that hold
+    /// nothing in memory keep this default.
+    fn get_whole(&self, key: &str, max_size: u64) -> Result<Option<(Metadata, Vec<u8>)>> {
+        let _ = (key, max_size);
+        Ok(None)
+    }
     /// Metadata of `key` without the body.
     fn stat(&self, key: &str) -> impl Future<Output = Result<Option<Metadata>>>;
     /// Start writing `key`.

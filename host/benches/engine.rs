@@ -201,6 +201,19 @@ impl native::Tier for NativeTier {
             }))
     }
 
+    fn get_whole(
+        &self,
+        key: &str,
+        max_size: u64,
+    ) -> native::Result<Option<(native::Metadata, Vec<u8>)>> {
+        Ok(self
+            .entries
+            .borrow()
+            .get(key)
+            .filter(|(_, data)| data.len() as u64 <= max_size)
+            .map(|(meta, data)| (meta.clone(), data.to_vec())))
+    }
+
     async fn stat(&self, key: &str) -> native::Result<Option<native::Metadata>> {
         Ok(self.entries.borrow().get(key).map(|(meta, _)| meta.clone()))
     }
@@ -305,7 +318,11 @@ impl Native {
         }
     }
 
+    /// What the host does: a small fresh hit whole, else the full `get`.
     async fn get(engine: &native::Engine<NativeRt>, key: &str, body: &Rc<Vec<u8>>) -> usize {
+        if let Some(whole) = engine.peek_whole(key, None).expect("peek") {
+            return black_box(whole.body).len();
+        }
         let response = engine
             .get(key, None, NativeOrigin(Rc::clone(body)))
             .await

@@ -16,12 +16,15 @@ use crate::{Error, Result};
 /// allowed. A body read to its end was published before its end arrived,
 /// so the next `get` of the key finds it in the cache.
 pub struct Body {
-    rx: mpsc::Receiver<Result<Bytes>>,
+    /// The stream from the engine; `None` for a body handed over whole.
+    rx: Option<mpsc::Receiver<Result<Bytes>>>,
+    /// A body handed over whole, until it is read.
+    whole: Option<Bytes>,
     size: Option<u64>,
     received: u64,
     done: Option<oneshot::Receiver<Result<()>>>,
     ended: bool,
-    _open: OpenBody,
+    _open: Option<OpenBody>,
 }
 
 impl Body {
@@ -32,12 +35,26 @@ impl Body {
         open: OpenBody,
     ) -> Self {
         Body {
-            rx,
+            rx: Some(rx),
+            whole: None,
             size,
             received: 0,
             done,
             ended: false,
-            _open: open,
+            _open: Some(open),
+        }
+    }
+
+    /// A body already in hand: nothing streams it.
+    pub(crate) fn whole(bytes: Bytes) -> Self {
+        Body {
+            rx: None,
+            size: Some(bytes.len() as u64),
+            whole: (!bytes.is_empty()).then_some(bytes),
+            received: 0,
+            done: None,
+            ended: false,
+            _open: None,
         }
     }
 
@@ -86,7 +103,13 @@ impl Stream for Body {
         if self.ended {
             return Poll::Ready(None);
         }
-        if let Some(chunk) = ready!(self.rx.poll_recv(cx)) {
+        if let Some(bytes) = self.whole.take() {
+            self.received += bytes.len() as u64;
+            return Poll::Ready(Some(Ok(bytes)));
+        }
+        if let Some(rx) = self.rx.as_mut()
+            && let Some(chunk) = ready!(rx.poll_recv(cx))
+        {
             if let Ok(bytes) = &chunk {
                 self.received += bytes.len() as u64;
             }

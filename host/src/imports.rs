@@ -87,6 +87,22 @@ impl store::HostTier for HostState {
         Ok(self.table.get(&self_)?.0.name())
     }
 
+    fn get_whole(
+        &mut self,
+        self_: Resource<TierRes>,
+        key: String,
+        max_size: u64,
+    ) -> WitResult<Option<store::WholeEntry>> {
+        let tier = &self.table.get(&self_)?.0;
+        Ok(match tier.get_whole(&key, max_size) {
+            Ok(found) => Ok(found.map(|(meta, body)| store::WholeEntry {
+                meta: meta.into(),
+                body: body.to_vec(),
+            })),
+            Err(e) => Err(e.into()),
+        })
+    }
+
     fn drop(&mut self, rep: Resource<TierRes>) -> wasmtime::Result<()> {
         self.table.delete(rep)?;
         Ok(())

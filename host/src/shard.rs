@@ -321,7 +321,36 @@ struct Calls<'a> {
 }
 
 impl Calls<'_> {
+    /// Answer a `get` or `peek` of a small fresh tier-0 entry at once,
+    /// with one plain call into the instance; the command back when that
+    /// cannot answer it.
+    async fn answer_whole(&self, command: Command) -> wasmtime::Result<Option<Command>> {
+        let (key, inm) = match &command {
+            Command::Get { key, inm, .. } | Command::Peek { key, inm, .. } => (key, inm),
+            _ => return Ok(Some(command)),
+        };
+        let answer = self
+            .guest
+            .cache()
+            .call_peek_whole(self.accessor, self.cache, key.clone(), inm.clone())
+            .await?;
+        let answer = match answer {
+            Ok(Some(whole)) => Ok(whole_response(whole)),
+            Ok(None) => return Ok(Some(command)),
+            Err(e) => Err(Error::from(e)),
+        };
+        match command {
+            Command::Get { reply, .. } => drop(reply.send(answer)),
+            Command::Peek { reply, .. } => drop(reply.send(answer.map(Some))),
+            _ => unreachable!("only gets and peeks are answered whole"),
+        }
+        Ok(None)
+    }
+
     async fn handle(&self, command: Command) -> wasmtime::Result<()> {
+        let Some(command) = self.answer_whole(command).await? else {
+            return Ok(());
+        };
         let (a, cache) = (self.accessor, self.cache);
         let calls = self.guest.cache();
         match command {
@@ -460,11 +489,7 @@ impl Calls<'_> {
                 None
             }
         };
-        let status = match r.status {
-            cache::Status::Ok => Status::Ok,
-            cache::Status::NotModified => Status::NotModified,
-            cache::Status::NotFound => Status::NotFound,
-        };
+        let status = status(r.status);
         let source = match r.source {
             cache::Source::Tier(i) => Source::Tier(i as usize),
             cache::Source::Origin => Source::Origin,
@@ -477,6 +502,26 @@ impl Calls<'_> {
             stale: r.stale,
             body,
         })
+    }
+}
+
+fn status(s: cache::Status) -> Status {
+    match s {
+        cache::Status::Ok => Status::Ok,
+        cache::Status::NotModified => Status::NotModified,
+        cache::Status::NotFound => Status::NotFound,
+    }
+}
+
+/// A `peek-whole` answer as the caller's response: from tier 0, fresh.
+fn whole_response(r: cache::WholeResponse) -> GetResponse {
+    let status = status(r.status);
+    GetResponse {
+        status,
+        meta: r.meta.into(),
+        source: Source::Tier(0),
+        stale: false,
+        body: (status == Status::Ok).then(|| Body::whole(r.body.into())),
     }
 }
 

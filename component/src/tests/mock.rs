@@ -157,6 +157,19 @@ impl Tier for MockTier {
         }))
     }
 
+    fn get_whole(&self, key: &str, max_size: u64) -> Result<Option<(Metadata, Vec<u8>)>> {
+        self.gets.set(self.gets.get() + 1);
+        if self.fail_gets.get() {
+            return Err(Error::Store("disk on fire".into()));
+        }
+        Ok(self
+            .entries
+            .borrow()
+            .get(key)
+            .filter(|(_, body)| body.len() as u64 <= max_size)
+            .cloned())
+    }
+
     async fn stat(&self, key: &str) -> Result<Option<Metadata>> {
         Ok(self.meta(key))
     }

@@ -651,6 +651,49 @@ fn open_validates_the_config() {
 }
 
 #[test]
+fn peek_whole_answers_small_fresh_tier0_entries_at_once() {
+    let mut h = Harness::new(2);
+    let now = h.rt.now_ms();
+    let engine = h.engine.clone();
+    assert_eq!(engine.peek_whole("k", None).unwrap(), None);
+    h.tiers[1].put("k", fresh("v1", now), b"cold");
+    assert_eq!(engine.peek_whole("k", None).unwrap(), None);
+    assert!(h.tiers[0].body("k").is_none(), "it promotes nothing");
+    h.tiers[0].put("k", fresh("v1", now), b"hot");
+    let r = engine.peek_whole("k", None).unwrap().expect("a fresh hit");
+    assert_eq!((r.status, r.body.as_slice()), (Status::Ok, &b"hot"[..]));
+    assert_eq!(r.meta.tag, "v1");
+    let r = engine.peek_whole("k", Some("\"v1\"")).unwrap().unwrap();
+    assert_eq!(r.status, Status::NotModified);
+    assert!(r.body.is_empty());
+    h.tiers[0].put("gone", Metadata::negative_at(now), b"");
+    let r = engine.peek_whole("gone", None).unwrap().unwrap();
+    assert_eq!(r.status, Status::NotFound);
+    // Larger than WHOLE_MAX: left to the streaming calls.
+    let big = vec![7u8; WHOLE_MAX as usize + 1];
+    h.tiers[0].put("big", fresh("v1", now), &big);
+    assert_eq!(engine.peek_whole("big", None).unwrap(), None);
+    let r = h
+        .run(engine.peek("big", None))
+        .unwrap()
+        .expect("peek streams it");
+    assert_eq!(h.run(read_body(r.body)).unwrap(), big);
+    // A tier error leaves it to `get`, which deals with those.
+    h.tiers[0].fail_gets.set(true);
+    assert_eq!(engine.peek_whole("k", None).unwrap(), None);
+    h.tiers[0].fail_gets.set(false);
+    // Stale: left to `get`, which refreshes; nothing is scheduled.
+    h.rt.advance(5_000);
+    assert_eq!(engine.peek_whole("k", None).unwrap(), None);
+    assert!(h.rt.jobs.borrow().is_empty());
+    assert_eq!(engine.flights(), 0);
+    assert!(matches!(
+        engine.peek_whole("", None),
+        Err(Error::InvalidKey(_))
+    ));
+}
+
+#[test]
 fn peek_answers_only_fresh_tier0_entries_and_does_nothing_else() {
     let mut h = Harness::new(2);
     let now = h.rt.now_ms();
