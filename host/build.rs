@@ -1,6 +1,7 @@
-//! Builds the engine component (`component/`, for `wasm32-wasip2`) so the
-//! host binary can carry it. Set `DARAMJWEE_COMPONENT_WASM` to a prebuilt
-//! component file to skip this.
+//! Builds the engine component (`component/`, for `wasm32-wasip2`) and
+//! its hit path (the same crate with the `hit-path` feature) so the host
+//! binary can carry them. Set `DARAMJWEE_COMPONENT_WASM` and
+//! `DARAMJWEE_HIT_PATH_WASM` to prebuilt component files to skip this.
 
 use std::env;
 use std::path::{Path, PathBuf};
@@ -9,8 +10,13 @@ mod wasm_build;
 
 fn main() {
     println!("cargo:rerun-if-env-changed=DARAMJWEE_COMPONENT_WASM");
-    if let Ok(prebuilt) = env::var("DARAMJWEE_COMPONENT_WASM") {
-        println!("cargo:rustc-env=DARAMJWEE_COMPONENT_WASM={prebuilt}");
+    println!("cargo:rerun-if-env-changed=DARAMJWEE_HIT_PATH_WASM");
+    if let (Ok(engine), Ok(hit_path)) = (
+        env::var("DARAMJWEE_COMPONENT_WASM"),
+        env::var("DARAMJWEE_HIT_PATH_WASM"),
+    ) {
+        println!("cargo:rustc-env=DARAMJWEE_COMPONENT_WASM={engine}");
+        println!("cargo:rustc-env=DARAMJWEE_HIT_PATH_WASM={hit_path}");
         return;
     }
     let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("set by cargo"));
@@ -19,11 +25,21 @@ fn main() {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());
     }
     let out = PathBuf::from(env::var("OUT_DIR").expect("set by cargo"));
-    let wasm = build_component(root, &out.join("component"), &[]);
-    println!(
-        "cargo:rustc-env=DARAMJWEE_COMPONENT_WASM={}",
-        wasm.display()
-    );
+    // Both builds share one target directory (and its dependencies); each
+    // result is copied out before the next build replaces it.
+    for (features, name, var) in [
+        (&[][..], "engine.wasm", "DARAMJWEE_COMPONENT_WASM"),
+        (
+            &["hit-path"][..],
+            "hit-path.wasm",
+            "DARAMJWEE_HIT_PATH_WASM",
+        ),
+    ] {
+        let built = build_component(root, &out.join("component"), features);
+        let kept = out.join(name);
+        std::fs::copy(&built, &kept).expect("cannot copy the built component");
+        println!("cargo:rustc-env={var}={}", kept.display());
+    }
     if env::var_os("CARGO_FEATURE_FAULT_INJECTION").is_some() {
         let faulty = build_component(root, &out.join("component-faults"), &["fault-injection"]);
         println!(

@@ -221,24 +221,7 @@ impl cx::GuestCache for CacheImpl {
         tiers: Vec<store::Tier>,
         jobs: scheduler::Queue,
     ) -> Result<cx::Cache, wit::Error> {
-        let config = crate::Config {
-            fresh_for: config.fresh_for,
-            negative_fresh_for: config.negative_fresh_for,
-            tier_freshness: config
-                .tier_freshness
-                .into_iter()
-                .map(|t| crate::TierFreshness {
-                    tier: t.tier,
-                    fresh_for: t.fresh_for,
-                    negative_fresh_for: t.negative_fresh_for,
-                })
-                .collect(),
-            operation_timeout: config.operation_timeout,
-            join_window: config.join_window,
-            stale_if_error: config.stale_if_error,
-            max_key_len: config.max_key_len,
-        };
-        let engine = Engine::open(config, tiers, GuestRt { queue: jobs })?;
+        let engine = Engine::open(config.into(), tiers, GuestRt { queue: jobs })?;
         Ok(cx::Cache::new(CacheImpl { engine }))
     }
 
@@ -275,7 +258,7 @@ impl cx::GuestCache for CacheImpl {
         faults::inject(&key);
         let r = self.engine.peek_whole(&key, if_none_match.as_deref())?;
         Ok(r.map(|r| cx::WholeResponse {
-            status: wit_status(r.status),
+            status: r.status.into(),
             meta: r.meta.into(),
             body: r.body,
         }))
@@ -354,7 +337,7 @@ fn wit_response(r: crate::Response<GuestRt>) -> cx::Response {
             (Some(stream), None, Some(complete))
         }
     };
-    let status = wit_status(r.status);
+    let status = r.status.into();
     let source = match r.source {
         crate::Source::Tier(i) => cx::Source::Tier(i),
         crate::Source::Origin => cx::Source::Origin,
@@ -368,14 +351,6 @@ fn wit_response(r: crate::Response<GuestRt>) -> cx::Response {
         body,
         size,
         complete,
-    }
-}
-
-fn wit_status(status: crate::Status) -> cx::Status {
-    match status {
-        crate::Status::Ok => cx::Status::Ok,
-        crate::Status::NotModified => cx::Status::NotModified,
-        crate::Status::NotFound => cx::Status::NotFound,
     }
 }
 
@@ -414,67 +389,7 @@ fn stream_fill(
     (rx, done_rx)
 }
 
-impl From<wit::Error> for crate::Error {
-    fn from(e: wit::Error) -> Self {
-        use crate::Error as E;
-        match e {
-            wit::Error::NotFound => E::NotFound,
-            wit::Error::Closed => E::Closed,
-            wit::Error::InvalidKey(s) => E::InvalidKey(s),
-            wit::Error::Timeout => E::Timeout,
-            wit::Error::Invalidated => E::Invalidated,
-            wit::Error::Busy => E::Busy,
-            wit::Error::InvalidConfig(s) => E::InvalidConfig(s),
-            wit::Error::Store(s) => E::Store(s),
-            wit::Error::Origin(s) => E::Origin(s),
-            wit::Error::Other(s) => E::Other(s),
-        }
-    }
-}
-
-impl From<crate::Error> for wit::Error {
-    fn from(e: crate::Error) -> Self {
-        use crate::Error as E;
-        match e {
-            E::NotFound => wit::Error::NotFound,
-            E::Closed => wit::Error::Closed,
-            E::InvalidKey(s) => wit::Error::InvalidKey(s),
-            E::Timeout => wit::Error::Timeout,
-            E::Invalidated => wit::Error::Invalidated,
-            E::Busy => wit::Error::Busy,
-            E::InvalidConfig(s) => wit::Error::InvalidConfig(s),
-            E::Store(s) => wit::Error::Store(s),
-            E::Origin(s) => wit::Error::Origin(s),
-            E::Other(s) => wit::Error::Other(s),
-        }
-    }
-}
-
-impl From<wit::Metadata> for crate::Metadata {
-    fn from(m: wit::Metadata) -> Self {
-        crate::Metadata {
-            tag: m.tag,
-            cached_at: m.cached_at,
-            negative: m.negative,
-            fresh_for: m.fresh_for,
-            stale_for: m.stale_for,
-            attributes: m.attributes,
-        }
-    }
-}
-
-impl From<crate::Metadata> for wit::Metadata {
-    fn from(m: crate::Metadata) -> Self {
-        wit::Metadata {
-            tag: m.tag,
-            cached_at: m.cached_at,
-            negative: m.negative,
-            fresh_for: m.fresh_for,
-            stale_for: m.stale_for,
-            attributes: m.attributes,
-        }
-    }
-}
+crate::wit_types::conversions!(wit);
 
 /// Deliberate guest faults for the host's isolation tests, only in builds
 /// with the `fault-injection` feature.

@@ -17,8 +17,12 @@ pub mod policy;
 mod runtime;
 mod wait;
 
-#[cfg(all(target_arch = "wasm32", feature = "guest"))]
+#[cfg(all(target_arch = "wasm32", feature = "guest", not(feature = "hit-path")))]
 mod guest;
+#[cfg(all(target_arch = "wasm32", feature = "hit-path"))]
+mod hit_path;
+#[cfg(all(target_arch = "wasm32", any(feature = "guest", feature = "hit-path")))]
+mod wit_types;
 
 #[cfg(test)]
 mod tests;

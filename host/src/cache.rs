@@ -9,10 +9,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
-use crate::bindings::{cache, scheduler};
+use crate::bindings::{scheduler, types};
 use crate::body::Body;
 use crate::component::{ComponentSource, default_compile_cache, load};
 use crate::fetcher::{Fetcher, SharedFetcher};
+use crate::hit_path;
 use crate::meta::duration_millis;
 use crate::pool::{Pool, PoolStats, WorkerStrategy};
 use crate::shard::{self, Command, Shard, ShardSpec, ticks_in};
@@ -62,7 +63,7 @@ pub struct CacheBuilder {
     tiers: Vec<Arc<dyn Tier>>,
     fresh_for: Duration,
     negative_fresh_for: Duration,
-    tier_freshness: Vec<cache::TierFreshness>,
+    tier_freshness: Vec<types::TierFreshness>,
     operation_timeout: Duration,
     join_window: u64,
     max_key_len: u32,
@@ -133,7 +134,7 @@ impl CacheBuilder {
         positive: Option<Duration>,
         negative: Option<Duration>,
     ) -> Self {
-        self.tier_freshness.push(cache::TierFreshness {
+        self.tier_freshness.push(types::TierFreshness {
             tier: u32::try_from(tier).unwrap_or(u32::MAX),
             fresh_for: positive.map(duration_millis),
             negative_fresh_for: negative.map(duration_millis),
@@ -243,7 +244,7 @@ impl CacheBuilder {
         }
         let pool = Arc::new(Pool::start(self.workers, self.job_timeout)?);
         let loaded = load(&self.component, self.compile_cache.as_deref())?;
-        let config = cache::Config {
+        let config = types::Config {
             fresh_for: duration_millis(self.fresh_for),
             negative_fresh_for: duration_millis(self.negative_fresh_for),
             tier_freshness: self.tier_freshness,
@@ -419,6 +420,9 @@ impl Cache {
         fetcher: impl Fetcher,
     ) -> Result<GetResponse> {
         self.check_open()?;
+        if let Some(answer) = hit_path::answer(self.inner.router.id, key, if_none_match) {
+            return answer;
+        }
         if let Some(answer) = self.inner.router.peek_here(key, if_none_match).await {
             return answer;
         }
@@ -514,6 +518,18 @@ impl Cache {
             .flatten()
             .map(|shard| shard.runtime().clone())
             .collect()
+    }
+
+    /// Requests answered by the hit path: small fresh tier-0 hits asked
+    /// for on a shard thread (as `daramjwee serve` asks), answered in one
+    /// plain call into the engine's hit-path component.
+    pub fn hit_path_answers(&self) -> u64 {
+        self.inner
+            .router
+            .shards()
+            .iter()
+            .map(Shard::hit_path_answers)
+            .sum()
     }
 
     /// Counters of the background pool.

@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use wasmtime::component::{Component, Linker};
 
-use crate::bindings;
 use crate::imports::HostState;
 use crate::{Error, Result};
+use crate::{bindings, hit_path};
 
 /// The engine component built from this repository's `component/` crate,
 /// carried inside the binary.
@@ -39,9 +39,13 @@ pub enum ComponentSource {
     Bytes(Arc<[u8]>),
 }
 
-/// The process-wide wasmtime engine and its epoch ticker.
+/// The process-wide wasmtime engines and their epoch ticker.
 pub(crate) struct Runtime {
+    /// For the engine component, with the component model's concurrency.
     pub(crate) engine: wasmtime::Engine,
+    /// For the hit path, whose calls are plain and synchronous: without
+    /// the concurrency support, which would slow every call down.
+    pub(crate) sync_engine: wasmtime::Engine,
     pub(crate) ticks: Arc<AtomicU64>,
 }
 
@@ -53,19 +57,29 @@ pub(crate) fn runtime() -> Result<&'static Runtime> {
             config.epoch_interruption(true);
             let engine = wasmtime::Engine::new(&config)
                 .map_err(|e| Error::Engine(format!("wasmtime: {e}")))?;
+            config.concurrency_support(false);
+            let sync_engine = wasmtime::Engine::new(&config)
+                .map_err(|e| Error::Engine(format!("wasmtime: {e}")))?;
             let ticks = Arc::new(AtomicU64::new(0));
-            let (ticker_engine, ticker_ticks) = (engine.clone(), Arc::clone(&ticks));
+            let ticker_engines = [engine.clone(), sync_engine.clone()];
+            let ticker_ticks = Arc::clone(&ticks);
             std::thread::Builder::new()
                 .name("daramjwee-epoch".into())
                 .spawn(move || {
                     loop {
                         std::thread::sleep(TICK);
                         ticker_ticks.fetch_add(1, Ordering::Relaxed);
-                        ticker_engine.increment_epoch();
+                        for engine in &ticker_engines {
+                            engine.increment_epoch();
+                        }
                     }
                 })
                 .map_err(|e| Error::Engine(format!("cannot start the epoch ticker: {e}")))?;
-            Ok(Runtime { engine, ticks })
+            Ok(Runtime {
+                engine,
+                sync_engine,
+                ticks,
+            })
         })
         .as_ref()
         .map_err(Clone::clone)
@@ -74,6 +88,8 @@ pub(crate) fn runtime() -> Result<&'static Runtime> {
 /// A loaded engine component, ready to instantiate.
 pub(crate) struct Loaded {
     pub(crate) pre: bindings::EnginePre<HostState>,
+    /// The hit path that shares this engine's rules: the embedded one's.
+    pub(crate) hit_path: Option<Arc<hit_path::Pre>>,
 }
 
 /// Load `source`, compiling it at most once per process.
@@ -89,17 +105,12 @@ pub(crate) fn load(source: &ComponentSource, cache_dir: Option<&Path>) -> Result
             .into(),
     };
     let rt = runtime()?;
-    let key = {
-        let mut h = DefaultHasher::new();
-        bytes.hash(&mut h);
-        rt.engine.precompile_compatibility_hash().hash(&mut h);
-        h.finish()
-    };
+    let key = compile_key(&rt.engine, &bytes);
     let mut loaded = LOADED.get_or_init(Mutex::default).lock().expect("lock");
     if let Some(found) = loaded.get(&key) {
         return Ok(Arc::clone(found));
     }
-    let component = compile(&rt.engine, &bytes, key, cache_dir)?;
+    let component = compile(&rt.engine, &bytes, cache_dir)?;
     let mut linker = Linker::<HostState>::new(&rt.engine);
     let engine_err = |e: wasmtime::Error| Error::Engine(format!("{e:?}"));
     wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(engine_err)?;
@@ -109,17 +120,31 @@ pub(crate) fn load(source: &ComponentSource, cache_dir: Option<&Path>) -> Result
         .instantiate_pre(&component)
         .and_then(bindings::EnginePre::new)
         .map_err(|e| Error::InvalidConfig(format!("component: not a daramjwee engine: {e:?}")))?;
-    let found = Arc::new(Loaded { pre });
+    let hit_path = match source {
+        ComponentSource::Embedded => Some(hit_path::load(cache_dir)?),
+        _ => None,
+    };
+    let found = Arc::new(Loaded { pre, hit_path });
     loaded.insert(key, Arc::clone(&found));
     Ok(found)
 }
 
-fn compile(
+/// What identifies `wasm` compiled by `engine`.
+fn compile_key(engine: &wasmtime::Engine, wasm: &[u8]) -> u64 {
+    let mut h = DefaultHasher::new();
+    wasm.hash(&mut h);
+    engine.precompile_compatibility_hash().hash(&mut h);
+    h.finish()
+}
+
+/// Compile `wasm` for `engine`, through the compiled form stored in
+/// `cache_dir` when there is one.
+pub(crate) fn compile(
     engine: &wasmtime::Engine,
     wasm: &[u8],
-    key: u64,
     cache_dir: Option<&Path>,
 ) -> Result<Component> {
+    let key = compile_key(engine, wasm);
     let fresh = || {
         Component::new(engine, wasm)
             .map_err(|e| Error::InvalidConfig(format!("component: cannot compile: {e:?}")))

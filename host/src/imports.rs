@@ -61,6 +61,25 @@ impl HostState {
     }
 }
 
+impl HostState {
+    /// `get-whole` of a tier, for the engine and for the hit path.
+    pub(crate) fn get_whole(
+        &mut self,
+        tier: &Resource<TierRes>,
+        key: &str,
+        max_size: u64,
+    ) -> WitResult<Option<types::WholeEntry>> {
+        let tier = &self.table.get(tier)?.0;
+        Ok(match tier.get_whole(key, max_size) {
+            Ok(found) => Ok(found.map(|(meta, body)| types::WholeEntry {
+                meta: meta.into(),
+                body: body.to_vec(),
+            })),
+            Err(e) => Err(e.into()),
+        })
+    }
+}
+
 impl HasData for HostState {
     type Data<'a> = &'a mut HostState;
 }
@@ -75,7 +94,7 @@ impl WasiView for HostState {
 }
 
 type Acc = Accessor<HostState, HostState>;
-type WitResult<T> = wasmtime::Result<Result<T, types::Error>>;
+pub(crate) type WitResult<T> = wasmtime::Result<Result<T, types::Error>>;
 
 impl types::Host for HostState {}
 impl store::Host for HostState {}
@@ -92,15 +111,8 @@ impl store::HostTier for HostState {
         self_: Resource<TierRes>,
         key: String,
         max_size: u64,
-    ) -> WitResult<Option<store::WholeEntry>> {
-        let tier = &self.table.get(&self_)?.0;
-        Ok(match tier.get_whole(&key, max_size) {
-            Ok(found) => Ok(found.map(|(meta, body)| store::WholeEntry {
-                meta: meta.into(),
-                body: body.to_vec(),
-            })),
-            Err(e) => Err(e.into()),
-        })
+    ) -> WitResult<Option<types::WholeEntry>> {
+        self.get_whole(&self_, &key, max_size)
     }
 
     fn drop(&mut self, rep: Resource<TierRes>) -> wasmtime::Result<()> {

@@ -33,6 +33,7 @@ mod component;
 mod error;
 mod fetcher;
 mod file;
+mod hit_path;
 mod imports;
 mod memory;
 mod meta;

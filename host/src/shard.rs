@@ -10,6 +10,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -18,10 +19,11 @@ use tokio::sync::{mpsc, oneshot, watch};
 use wasmtime::component::{Accessor, ResourceAny};
 use wasmtime::{Store, StoreLimitsBuilder, UpdateDeadline};
 
-use crate::bindings::{cache, scheduler};
+use crate::bindings::{cache, scheduler, types};
 use crate::body::{Body, OpenBodies};
 use crate::component::{Loaded, TICK, runtime};
 use crate::fetcher::SharedFetcher;
+use crate::hit_path;
 use crate::imports::{
     ChannelConsumer, CompletionConsumer, FetcherRes, HostState, QueueRes, TierRes,
 };
@@ -90,6 +92,7 @@ pub(crate) enum Command {
 }
 
 /// Everything a shard needs to (re)build its engine instance.
+#[derive(Clone)]
 pub(crate) struct ShardSpec {
     pub(crate) loaded: Arc<Loaded>,
     pub(crate) config: cache::Config,
@@ -108,6 +111,8 @@ pub(crate) struct Shard {
     runtime: tokio::runtime::Handle,
     /// How many instances failed so far, and why the last one did.
     faults: watch::Receiver<(u64, String)>,
+    /// Requests the shard thread's hit path answered.
+    hit_path_answers: Arc<AtomicU64>,
 }
 
 impl Shard {
@@ -122,10 +127,15 @@ impl Shard {
             .build()
             .map_err(|e| Error::Other(format!("cannot start a shard: {e}")))?;
         let runtime = rt.handle().clone();
+        let hit_path_answers = Arc::new(AtomicU64::new(0));
+        let answers = Arc::clone(&hit_path_answers);
         std::thread::Builder::new()
             .name(format!("daramjwee-shard-{index}"))
             .spawn(move || {
                 SHARD_THREAD.with(|s| s.set(Some((cache_id, index))));
+                if let Some(pre) = &spec.loaded.hit_path {
+                    hit_path::install(cache_id, Arc::clone(pre), spec.clone(), answers);
+                }
                 rt.block_on(run(index, spec, rx, ready_tx, fault_tx));
             })
             .map_err(|e| Error::Other(format!("cannot start a shard: {e}")))?;
@@ -136,7 +146,13 @@ impl Shard {
             tx,
             runtime,
             faults,
+            hit_path_answers,
         })
+    }
+
+    /// Requests the shard thread's hit path answered so far.
+    pub(crate) fn hit_path_answers(&self) -> u64 {
+        self.hit_path_answers.load(Ordering::Relaxed)
     }
 
     /// The runtime of the shard's thread.
@@ -505,7 +521,7 @@ impl Calls<'_> {
     }
 }
 
-fn status(s: cache::Status) -> Status {
+fn status(s: types::Status) -> Status {
     match s {
         cache::Status::Ok => Status::Ok,
         cache::Status::NotModified => Status::NotModified,
@@ -514,7 +530,7 @@ fn status(s: cache::Status) -> Status {
 }
 
 /// A `peek-whole` answer as the caller's response: from tier 0, fresh.
-fn whole_response(r: cache::WholeResponse) -> GetResponse {
+pub(crate) fn whole_response(r: types::WholeResponse) -> GetResponse {
     let status = status(r.status);
     GetResponse {
         status,

@@ -646,3 +646,185 @@ async fn a_large_body_streams_through_in_chunks() {
         "streamed in pieces, never as one buffer ({chunks} chunks)"
     );
 }
+
+/// Tier 0 that counts how it is read: whole, or opened as a stream.
+#[derive(Clone)]
+struct Counting {
+    inner: daramjwee::MemoryStore,
+    wholes: Arc<std::sync::atomic::AtomicUsize>,
+    streams: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Counting {
+    fn new() -> Self {
+        Counting {
+            inner: daramjwee::MemoryStore::new("counted"),
+            wholes: Arc::default(),
+            streams: Arc::default(),
+        }
+    }
+
+    /// (whole reads, stream reads) so far.
+    fn reads(&self) -> (usize, usize) {
+        use std::sync::atomic::Ordering::SeqCst;
+        (self.wholes.load(SeqCst), self.streams.load(SeqCst))
+    }
+}
+
+impl Tier for Counting {
+    fn name(&self) -> String {
+        self.inner.name()
+    }
+
+    fn get_whole(&self, key: &str, max_size: u64) -> daramjwee::Result<Option<(Metadata, Bytes)>> {
+        self.wholes
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.get_whole(key, max_size)
+    }
+
+    fn get<'a>(
+        &'a self,
+        key: &'a str,
+    ) -> futures::future::BoxFuture<'a, daramjwee::Result<Option<daramjwee::TierEntry>>> {
+        self.streams
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.get(key)
+    }
+
+    fn stat<'a>(
+        &'a self,
+        key: &'a str,
+    ) -> futures::future::BoxFuture<'a, daramjwee::Result<Option<Metadata>>> {
+        self.inner.stat(key)
+    }
+
+    fn begin_write<'a>(
+        &'a self,
+        key: &'a str,
+        meta: Metadata,
+    ) -> futures::future::BoxFuture<'a, daramjwee::Result<Box<dyn daramjwee::TierSink>>> {
+        self.inner.begin_write(key, meta)
+    }
+
+    fn delete<'a>(&'a self, key: &'a str) -> futures::future::BoxFuture<'a, daramjwee::Result<()>> {
+        self.inner.delete(key)
+    }
+}
+
+/// Run `task` on the first shard's own thread, as `daramjwee serve` runs
+/// its connections.
+async fn on_shard<T: Send + 'static>(
+    cache: &Cache,
+    task: impl std::future::Future<Output = T> + Send + 'static,
+) -> T {
+    cache.shard_runtimes()[0].spawn(task).await.unwrap()
+}
+
+#[tokio::test]
+async fn small_fresh_hits_are_answered_whole_on_and_off_the_shard_threads() {
+    let tier = Counting::new();
+    let cache = Cache::builder()
+        .tier(tier.clone())
+        .negative_fresh_for(Duration::from_secs(60))
+        .build()
+        .await
+        .unwrap();
+    let origin = Origin::new([
+        Reply::Body("v1", body(4096)),
+        Reply::Body("big", body(200_000)),
+        Reply::NotFound,
+        Reply::Body("v2", body(10)),
+    ]);
+    read(cache.get("k", origin.clone()).await.unwrap())
+        .await
+        .unwrap();
+    let before = tier.reads();
+
+    // On a shard thread (the hit path) and off them (the engine's
+    // `peek-whole`): one whole read each, no stream opened.
+    for shard_thread in [true, false] {
+        let (c, o) = (cache.clone(), origin.clone());
+        let hit = async move {
+            let r = c.get("k", o).await.unwrap();
+            assert_eq!(
+                (r.status, r.source, r.stale),
+                (Status::Ok, Source::Tier(0), false)
+            );
+            assert_eq!(r.meta.tag, "v1");
+            assert_eq!(r.body.as_ref().and_then(|b| b.size()), Some(4096));
+            read(r).await.unwrap()
+        };
+        let got = if shard_thread {
+            on_shard(&cache, hit).await
+        } else {
+            hit.await
+        };
+        assert_eq!(got, body(4096), "shard thread: {shard_thread}");
+    }
+    assert_eq!(tier.reads(), (before.0 + 2, before.1));
+    assert_eq!(cache.hit_path_answers(), 1, "the shard thread's hit");
+
+    // The rest of a hit's answers, on a shard thread.
+    let (c, o) = (cache.clone(), origin.clone());
+    on_shard(&cache, async move {
+        let r = c
+            .get_if_none_match("k", Some("W/\"v1\""), o.clone())
+            .await
+            .unwrap();
+        assert_eq!((r.status, r.source), (Status::NotModified, Source::Tier(0)));
+        assert!(r.body.is_none());
+        assert!(matches!(
+            c.get("", o.clone()).await,
+            Err(Error::InvalidKey(_))
+        ));
+        // A body over 64 KiB streams from the engine.
+        read(c.get("big", o.clone()).await.unwrap()).await.unwrap();
+        let r = c.get("big", o.clone()).await.unwrap();
+        assert_eq!(r.source, Source::Tier(0));
+        assert_eq!(read(r).await.unwrap(), body(200_000));
+        // A negative entry answers not-found.
+        assert_eq!(
+            c.get("gone", o.clone()).await.unwrap().status,
+            Status::NotFound
+        );
+        let r = c.get("gone", o.clone()).await.unwrap();
+        assert_eq!((r.status, r.source), (Status::NotFound, Source::Tier(0)));
+        // A delete is seen at once.
+        c.delete("k").await.unwrap();
+        let r = c.get("k", o.clone()).await.unwrap();
+        assert_eq!(r.source, Source::Origin);
+        assert_eq!(read(r).await.unwrap(), body(10));
+    })
+    .await;
+    assert_eq!(origin.calls(), 4, "every hit above was served from tier 0");
+    // The not-modified and the negative answer.
+    assert_eq!(cache.hit_path_answers(), 3);
+    assert!(tier.reads().1 > before.1, "the body over 64 KiB streamed");
+}
+
+#[tokio::test]
+async fn a_stale_entry_is_left_to_the_engine_which_refreshes_it() {
+    let (cache, tiers) = cache_with(1, |b| b.fresh_for(Duration::from_secs(60))).await;
+    let old = Metadata {
+        stale_for: None,
+        ..expired("old")
+    };
+    put(&tiers[0], "k", old, b"old body").await;
+    let origin = Origin::new([Reply::Body("new", Bytes::from("new body"))]);
+    let (c, o) = (cache.clone(), origin.clone());
+    let r = on_shard(&cache, async move { c.get("k", o).await.unwrap() }).await;
+    assert!(r.stale, "served stale by the engine, not as a fresh hit");
+    assert_eq!(cache.hit_path_answers(), 0);
+    assert_eq!(read(r).await.unwrap(), Bytes::from("old body"));
+    assert!(eventually(async || origin.calls() == 1).await);
+    assert!(eventually(async || stat(&tiers[0], "k").await.is_some_and(|m| m.tag == "new")).await);
+    let (c, o) = (cache.clone(), origin.clone());
+    let r = on_shard(&cache, async move { c.get("k", o).await.unwrap() }).await;
+    assert_eq!((r.source, r.stale), (Source::Tier(0), false));
+    assert_eq!(read(r).await.unwrap(), Bytes::from("new body"));
+    assert_eq!(
+        cache.hit_path_answers(),
+        1,
+        "the refreshed entry is a fresh hit"
+    );
+}

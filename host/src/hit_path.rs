@@ -1,0 +1,211 @@
+//! The hit path: the engine's `peek-whole` built alone as a component
+//! that imports nothing that waits (world `hit-path`), instantiated in a
+//! plain synchronous store beside each shard. A small fresh hit for a
+//! request served on a shard thread is one call into it, with no task,
+//! stream or thread hop; anything it cannot answer goes to the engine
+//! instance as before. It holds no per-key state, so it can answer for
+//! every key, as `peek` does.
+
+use std::cell::RefCell;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use wasmtime::component::{Linker, Resource, ResourceAny};
+use wasmtime::{Store, StoreLimitsBuilder};
+
+use crate::cache::GetResponse;
+use crate::component::{self, runtime};
+use crate::imports::{HostState, TierRes, WitResult};
+use crate::shard::{ShardSpec, whole_response};
+use crate::{Error, Result};
+
+#[allow(missing_docs, reason = "generated bindings")]
+mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "daramjwee:cache/hit-path",
+        imports: { default: trappable },
+        with: {
+            "daramjwee:cache/types": crate::bindings::types,
+            "daramjwee:cache/whole-store.tier": crate::imports::TierRes,
+        },
+    });
+}
+
+use bindings::daramjwee::cache::whole_store;
+
+/// The hit-path component built from this repository's `component/`
+/// crate (feature `hit-path`), carried inside the binary. It runs only
+/// beside the embedded engine, whose rules it shares.
+static EMBEDDED_HIT_PATH: &[u8] = include_bytes!(env!("DARAMJWEE_HIT_PATH_WASM"));
+
+impl whole_store::Host for HostState {}
+
+impl whole_store::HostTier for HostState {
+    fn name(&mut self, self_: Resource<TierRes>) -> wasmtime::Result<String> {
+        Ok(self.table.get(&self_)?.0.name())
+    }
+
+    fn get_whole(
+        &mut self,
+        self_: Resource<TierRes>,
+        key: String,
+        max_size: u64,
+    ) -> WitResult<Option<crate::bindings::types::WholeEntry>> {
+        HostState::get_whole(self, &self_, &key, max_size)
+    }
+
+    fn drop(&mut self, rep: Resource<TierRes>) -> wasmtime::Result<()> {
+        self.table.delete(rep)?;
+        Ok(())
+    }
+}
+
+/// The hit-path component, ready to instantiate.
+pub(crate) type Pre = bindings::HitPathPre<HostState>;
+
+/// Load the embedded hit path, compiled at most once per process (and,
+/// with `cache_dir`, once per machine).
+pub(crate) fn load(cache_dir: Option<&std::path::Path>) -> Result<Arc<Pre>> {
+    static LOADED: std::sync::OnceLock<Arc<Pre>> = std::sync::OnceLock::new();
+    if let Some(pre) = LOADED.get() {
+        return Ok(Arc::clone(pre));
+    }
+    let engine = &runtime()?.sync_engine;
+    let component = component::compile(engine, EMBEDDED_HIT_PATH, cache_dir)?;
+    let mut linker = Linker::<HostState>::new(engine);
+    let engine_err = |e: wasmtime::Error| Error::Engine(format!("hit path: {e:?}"));
+    wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(engine_err)?;
+    bindings::HitPath::add_to_linker::<HostState, HostState>(&mut linker, |s| s)
+        .map_err(engine_err)?;
+    let pre = linker
+        .instantiate_pre(&component)
+        .and_then(bindings::HitPathPre::new)
+        .map_err(engine_err)?;
+    Ok(Arc::clone(LOADED.get_or_init(|| Arc::new(pre))))
+}
+
+/// One instance of the hit path, opened over a cache's tiers.
+struct Instance {
+    store: Store<HostState>,
+    guest: bindings::HitPath,
+    path: ResourceAny,
+    /// The longest a call may run, in epoch ticks.
+    call_ticks: u64,
+}
+
+impl Instance {
+    fn open(pre: &Pre, spec: &ShardSpec) -> Result<Self> {
+        let engine_err = |e: wasmtime::Error| Error::Engine(format!("hit path: {e:?}"));
+        let limits = StoreLimitsBuilder::new()
+            .memory_size(spec.memory_limit)
+            .trap_on_grow_failure(true)
+            .build();
+        let mut store = Store::new(&runtime()?.sync_engine, HostState::new(limits));
+        store.limiter(|state| &mut state.limits);
+        // Each call is one plain call: a deadline set before it bounds it
+        // (`peek_whole`), with no need to watch the transitions.
+        store.epoch_deadline_trap();
+        store.set_epoch_deadline(spec.call_ticks);
+        let guest = pre.instantiate(&mut store).map_err(engine_err)?;
+        let tiers = spec
+            .tiers
+            .iter()
+            .map(|t| store.data_mut().table.push(TierRes(Arc::clone(t))))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| Error::Engine(format!("hit path: {e}")))?;
+        let path = guest
+            .daramjwee_cache_hits()
+            .hit_path()
+            .call_open(&mut store, &spec.config, &tiers)
+            .map_err(engine_err)??;
+        Ok(Instance {
+            store,
+            guest,
+            path,
+            call_ticks: spec.call_ticks,
+        })
+    }
+
+    fn peek_whole(
+        &mut self,
+        key: &str,
+        inm: Option<&str>,
+    ) -> wasmtime::Result<Result<Option<GetResponse>>> {
+        self.store.set_epoch_deadline(self.call_ticks);
+        let answer = self
+            .guest
+            .daramjwee_cache_hits()
+            .hit_path()
+            .call_peek_whole(&mut self.store, self.path, key, inm)?;
+        Ok(answer
+            .map(|found| found.map(whole_response))
+            .map_err(Into::into))
+    }
+}
+
+/// The hit path of the shard whose thread this is.
+struct Local {
+    cache_id: u64,
+    pre: Arc<Pre>,
+    spec: ShardSpec,
+    /// `None` after a fault, until the next request opens a fresh one.
+    instance: Option<Instance>,
+    /// Requests answered, for the cache's counters.
+    answers: Arc<AtomicU64>,
+}
+
+thread_local! {
+    static LOCAL: RefCell<Option<Local>> = const { RefCell::new(None) };
+}
+
+/// Give this (shard) thread a hit path for the cache `cache_id`.
+pub(crate) fn install(cache_id: u64, pre: Arc<Pre>, spec: ShardSpec, answers: Arc<AtomicU64>) {
+    let instance = match Instance::open(&pre, &spec) {
+        Ok(instance) => Some(instance),
+        Err(e) => {
+            tracing::warn!("the hit path did not open, requests go to the engine: {e}");
+            None
+        }
+    };
+    LOCAL.with(|local| {
+        *local.borrow_mut() = Some(Local {
+            cache_id,
+            pre,
+            spec,
+            instance,
+            answers,
+        });
+    });
+}
+
+/// A small fresh tier-0 hit for `key`, answered by this thread's hit path
+/// when it has one for `cache_id`; `None` leaves the request to the engine.
+pub(crate) fn answer(cache_id: u64, key: &str, inm: Option<&str>) -> Option<Result<GetResponse>> {
+    LOCAL.with(|local| {
+        let mut local = local.try_borrow_mut().ok()?;
+        let local = local.as_mut().filter(|l| l.cache_id == cache_id)?;
+        if local.instance.is_none() {
+            local.instance = Instance::open(&local.pre, &local.spec).ok();
+        }
+        let instance = local.instance.as_mut()?;
+        match instance.peek_whole(key, inm) {
+            Ok(Ok(Some(response))) => {
+                // Written by this thread only: no contention.
+                let answers = &local.answers;
+                answers.store(answers.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+                Some(Ok(response))
+            }
+            Ok(Ok(None)) => None,
+            // The key itself is bad, or the cache closed: the engine
+            // would say the same.
+            Ok(Err(e @ (Error::InvalidKey(_) | Error::Closed))) => Some(Err(e)),
+            Ok(Err(_)) => None,
+            Err(fault) => {
+                tracing::error!("the hit path failed, replacing it: {fault:?}");
+                local.instance = None;
+                None
+            }
+        }
+    })
+}
