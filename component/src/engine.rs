@@ -58,18 +58,15 @@ pub enum ResponseBody<R: Runtime> {
     Fill(FillReader),
 }
 
-/// The largest body [`Engine::peek_whole`] hands over.
-pub const WHOLE_MAX: u64 = 64 * 1024;
-
 /// The answer of [`Engine::peek_whole`]: from tier 0, fresh.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct WholeResponse {
+pub struct WholeResponse<W> {
     /// The outcome.
     pub status: Status,
     /// The entry's metadata.
     pub meta: Metadata,
-    /// The whole body; empty unless `status` is `Ok`.
-    pub body: Vec<u8>,
+    /// The body as tier 0 handed it over, for `Status::Ok` only.
+    pub body: Option<W>,
 }
 
 /// The answer to a `get`.
@@ -285,17 +282,21 @@ impl<R: Runtime> Engine<R> {
         Ok(answer_from(entry, Source::Tier(0), false, inm, true).ok())
     }
 
-    /// [`Engine::peek`] for small entries, without waiting: a fresh tier-0
-    /// hit whose body is at most [`WHOLE_MAX`] bytes, when tier 0 can
-    /// hand it over at once ([`Tier::get_whole`]). `None` says nothing
-    /// about the key: `peek` or `get` answer it.
-    pub fn peek_whole(&self, key: &str, inm: Option<&str>) -> Result<Option<WholeResponse>> {
+    /// [`Engine::peek`] without waiting: a fresh tier-0 hit whose body
+    /// tier 0 hands over at once ([`Tier::get_whole`]), passed back
+    /// unread. `None` says nothing about the key: `peek` or `get` answer
+    /// it.
+    pub fn peek_whole(
+        &self,
+        key: &str,
+        inm: Option<&str>,
+    ) -> Result<Option<WholeResponse<<R::Tier as Tier>::Whole>>> {
         let inner = &self.inner;
         inner.check(key)?;
         let Some(tier) = inner.tiers.first() else {
             return Ok(None);
         };
-        let (meta, body) = match tier.get_whole(key, WHOLE_MAX) {
+        let (meta, body) = match tier.get_whole(key) {
             Ok(Some(found)) => found,
             Ok(None) => return Ok(None),
             Err(e @ Error::InvalidKey(_)) => return Err(e),
@@ -309,12 +310,12 @@ impl<R: Runtime> Engine<R> {
             Some(status) => WholeResponse {
                 status,
                 meta,
-                body: Vec::new(),
+                body: None,
             },
             None => WholeResponse {
                 status: Status::Ok,
                 meta,
-                body,
+                body: Some(body),
             },
         }))
     }

@@ -102,6 +102,7 @@ impl crate::Sink for store::Sink {
 impl crate::Tier for store::Tier {
     type Body = GuestBody;
     type Sink = store::Sink;
+    type Whole = wit::HeldBody;
 
     fn name(&self) -> String {
         store::Tier::name(self)
@@ -116,12 +117,8 @@ impl crate::Tier for store::Tier {
         }))
     }
 
-    fn get_whole(
-        &self,
-        key: &str,
-        max_size: u64,
-    ) -> crate::Result<Option<(crate::Metadata, Vec<u8>)>> {
-        let entry = store::Tier::get_whole(self, key, max_size)?;
+    fn get_whole(&self, key: &str) -> crate::Result<Option<(crate::Metadata, wit::HeldBody)>> {
+        let entry = store::Tier::get_whole(self, key)?;
         Ok(entry.map(|e| (e.meta.into(), e.body)))
     }
 

@@ -49,13 +49,14 @@ fn whole_only() -> Error {
 impl crate::Tier for whole_store::Tier {
     type Body = Never;
     type Sink = Never;
+    type Whole = wit::HeldBody;
 
     fn name(&self) -> String {
         whole_store::Tier::name(self)
     }
 
-    fn get_whole(&self, key: &str, max_size: u64) -> Result<Option<(Metadata, Vec<u8>)>> {
-        let entry = whole_store::Tier::get_whole(self, key, max_size)?;
+    fn get_whole(&self, key: &str) -> Result<Option<(Metadata, wit::HeldBody)>> {
+        let entry = whole_store::Tier::get_whole(self, key)?;
         Ok(entry.map(|e| (e.meta.into(), e.body)))
     }
 

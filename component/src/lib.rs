@@ -28,9 +28,7 @@ mod wit_types;
 mod tests;
 
 pub use config::{Config, TierFreshness};
-pub use engine::{
-    Engine, Response, ResponseBody, Source, Status, WHOLE_MAX, WholeResponse, Writer,
-};
+pub use engine::{Engine, Response, ResponseBody, Source, Status, WholeResponse, Writer};
 pub use error::{Error, Result};
 pub use fill::{Chunk, FillReader};
 pub use freshness::{Freshness, classify};

@@ -39,16 +39,19 @@ pub trait Tier: 'static {
     type Body: Body;
     /// Write handle type.
     type Sink: Sink;
+    /// A body handed over at once by [`Tier::get_whole`], passed through
+    /// the engine unread.
+    type Whole: 'static;
     /// Unique name, for logs and configuration checks.
     fn name(&self) -> String;
     /// Open `key` for reading.
     fn get(&self, key: &str) -> impl Future<Output = Result<Option<Entry<Self::Body>>>>;
-    /// The entry of `key` with its whole body, when the tier can hand it
-    /// over at once and the body is at most `max_size` bytes. `None` says
+    /// The entry of `key` with its body as the tier holds it, when the
+    /// tier can hand it over at once (it holds it in memory). `None` says
     /// only that this way cannot answer (`get` can); tiers that hold
     /// nothing in memory keep this default.
-    fn get_whole(&self, key: &str, max_size: u64) -> Result<Option<(Metadata, Vec<u8>)>> {
-        let _ = (key, max_size);
+    fn get_whole(&self, key: &str) -> Result<Option<(Metadata, Self::Whole)>> {
+        let _ = key;
         Ok(None)
     }
     /// Metadata of `key` without the body.

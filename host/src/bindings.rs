@@ -11,6 +11,7 @@ wasmtime::component::bindgen!({
     exports: { default: async | store },
     with: {
         "daramjwee:cache/store.tier": crate::imports::TierRes,
+        "daramjwee:cache/types.held-body": crate::imports::HeldBodyRes,
         "daramjwee:cache/store.sink": crate::imports::SinkRes,
         "daramjwee:cache/origin.fetcher": crate::imports::FetcherRes,
         "daramjwee:cache/scheduler.queue": crate::imports::QueueRes,

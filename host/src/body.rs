@@ -65,6 +65,10 @@ impl Body {
 
     /// Read the whole body into memory.
     pub async fn bytes(mut self) -> Result<Bytes> {
+        if self.rx.is_none() {
+            // Handed over whole: no copy.
+            return Ok(self.whole.take().unwrap_or_default());
+        }
         let mut out = BytesMut::new();
         while let Some(chunk) = self.next().await {
             out.extend_from_slice(&chunk?);

@@ -50,9 +50,8 @@ impl whole_store::HostTier for HostState {
         &mut self,
         self_: Resource<TierRes>,
         key: String,
-        max_size: u64,
     ) -> WitResult<Option<crate::bindings::types::WholeEntry>> {
-        HostState::get_whole(self, &self_, &key, max_size)
+        HostState::get_whole(self, &self_, &key)
     }
 
     fn drop(&mut self, rep: Resource<TierRes>) -> wasmtime::Result<()> {
@@ -138,9 +137,11 @@ impl Instance {
             .daramjwee_cache_hits()
             .hit_path()
             .call_peek_whole(&mut self.store, self.path, key, inm)?;
-        Ok(answer
-            .map(|found| found.map(whole_response))
-            .map_err(Into::into))
+        Ok(match answer {
+            Ok(Some(found)) => Ok(Some(whole_response(found, self.store.data_mut())?)),
+            Ok(None) => Ok(None),
+            Err(e) => Err(e.into()),
+        })
     }
 }
 

@@ -26,6 +26,9 @@ use crate::{Error, Metadata};
 /// A tier handed to the engine.
 pub struct TierRes(pub(crate) Arc<dyn Tier>);
 
+/// A body held here while the engine decides what to answer.
+pub struct HeldBodyRes(Bytes);
+
 /// A write in progress, owned by the engine. Dropping it aborts.
 pub struct SinkRes(Option<Box<dyn TierSink>>);
 
@@ -67,16 +70,23 @@ impl HostState {
         &mut self,
         tier: &Resource<TierRes>,
         key: &str,
-        max_size: u64,
     ) -> WitResult<Option<types::WholeEntry>> {
-        let tier = &self.table.get(tier)?.0;
-        Ok(match tier.get_whole(key, max_size) {
-            Ok(found) => Ok(found.map(|(meta, body)| types::WholeEntry {
-                meta: meta.into(),
-                body: body.to_vec(),
-            })),
-            Err(e) => Err(e.into()),
-        })
+        let found = match self.table.get(tier)?.0.get_whole(key) {
+            Ok(found) => found,
+            Err(e) => return Ok(Err(e.into())),
+        };
+        let Some((meta, body)) = found else {
+            return Ok(Ok(None));
+        };
+        Ok(Ok(Some(types::WholeEntry {
+            meta: meta.into(),
+            body: self.table.push(HeldBodyRes(body))?,
+        })))
+    }
+
+    /// Take back a body the engine passed through.
+    pub(crate) fn take_held(&mut self, body: Resource<HeldBodyRes>) -> wasmtime::Result<Bytes> {
+        Ok(self.table.delete(body)?.0)
     }
 }
 
@@ -97,6 +107,13 @@ type Acc = Accessor<HostState, HostState>;
 pub(crate) type WitResult<T> = wasmtime::Result<Result<T, types::Error>>;
 
 impl types::Host for HostState {}
+
+impl types::HostHeldBody for HostState {
+    fn drop(&mut self, rep: Resource<HeldBodyRes>) -> wasmtime::Result<()> {
+        self.table.delete(rep)?;
+        Ok(())
+    }
+}
 impl store::Host for HostState {}
 impl origin::Host for HostState {}
 impl scheduler::Host for HostState {}
@@ -110,9 +127,8 @@ impl store::HostTier for HostState {
         &mut self,
         self_: Resource<TierRes>,
         key: String,
-        max_size: u64,
     ) -> WitResult<Option<types::WholeEntry>> {
-        self.get_whole(&self_, &key, max_size)
+        self.get_whole(&self_, &key)
     }
 
     fn drop(&mut self, rep: Resource<TierRes>) -> wasmtime::Result<()> {

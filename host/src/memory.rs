@@ -157,13 +157,11 @@ impl MemoryStore {
         }
     }
 
-    /// The entry of `key` when `wanted` says yes to it; that counts as
-    /// a hit for the policy.
-    fn lookup(&self, key: &str, wanted: impl FnOnce(&Stored) -> bool) -> Option<Arc<Stored>> {
+    /// The entry of `key`; that counts as a hit for the policy.
+    fn lookup(&self, key: &str) -> Option<Arc<Stored>> {
         let shard = self.shard(key);
         let (key, found) = read(&shard.map)
             .get_key_value(key)
-            .filter(|(_, v)| wanted(v))
             .map(|(k, v)| (Arc::clone(k), Arc::clone(v)))?;
         if let Some(policy) = &shard.policy {
             lock(policy).touch(&key);
@@ -284,7 +282,7 @@ impl Tier for MemoryStore {
     }
 
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<TierEntry>>> {
-        let found = self.lookup(key, |_| true).map(|stored| {
+        let found = self.lookup(key).map(|stored| {
             let body = stored.body.clone();
             TierEntry {
                 meta: stored.meta.clone(),
@@ -297,11 +295,9 @@ impl Tier for MemoryStore {
         async { Ok(found) }.boxed()
     }
 
-    fn get_whole(&self, key: &str, max_size: u64) -> Result<Option<(Metadata, Bytes)>> {
-        // An entry too large for this way is left to `get`, which counts
-        // the hit then.
+    fn get_whole(&self, key: &str) -> Result<Option<(Metadata, Bytes)>> {
         Ok(self
-            .lookup(key, |stored| stored.body.len() as u64 <= max_size)
+            .lookup(key)
             .map(|stored| (stored.meta.clone(), stored.body.clone())))
     }
 

@@ -351,7 +351,7 @@ impl Calls<'_> {
             .call_peek_whole(self.accessor, self.cache, key.clone(), inm.clone())
             .await?;
         let answer = match answer {
-            Ok(Some(whole)) => Ok(whole_response(whole)),
+            Ok(Some(whole)) => Ok(self.accessor.with(|mut s| whole_response(whole, s.get()))?),
             Ok(None) => return Ok(Some(command)),
             Err(e) => Err(Error::from(e)),
         };
@@ -529,16 +529,23 @@ fn status(s: types::Status) -> Status {
     }
 }
 
-/// A `peek-whole` answer as the caller's response: from tier 0, fresh.
-pub(crate) fn whole_response(r: types::WholeResponse) -> GetResponse {
-    let status = status(r.status);
-    GetResponse {
-        status,
+/// A `peek-whole` answer as the caller's response: from tier 0, fresh,
+/// its body taken back from `state`.
+pub(crate) fn whole_response(
+    r: types::WholeResponse,
+    state: &mut HostState,
+) -> wasmtime::Result<GetResponse> {
+    let body = match r.body {
+        Some(held) => Some(Body::whole(state.take_held(held)?)),
+        None => None,
+    };
+    Ok(GetResponse {
+        status: status(r.status),
         meta: r.meta.into(),
         source: Source::Tier(0),
         stale: false,
-        body: (status == Status::Ok).then(|| Body::whole(r.body.into())),
-    }
+        body,
+    })
 }
 
 fn unknown_writer() -> Error {

@@ -37,13 +37,13 @@ pub trait Tier: Send + Sync + 'static {
     fn name(&self) -> String;
     /// Open `key` for reading, or `None` when absent.
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<TierEntry>>>;
-    /// The entry of `key` with its whole body, when the tier can hand it
-    /// over at once (it holds it in memory) and the body is at most
-    /// `max_size` bytes. `None` says only that this way cannot answer:
-    /// the key may still be there for [`Tier::get`]. Must not block;
-    /// stores that hold nothing in memory keep this default.
-    fn get_whole(&self, key: &str, max_size: u64) -> Result<Option<(Metadata, Bytes)>> {
-        let _ = (key, max_size);
+    /// The entry of `key` with its body as held, when the tier can hand
+    /// it over at once (it holds it in memory). `None` says only that
+    /// this way cannot answer: the key may still be there for
+    /// [`Tier::get`]. Must not block; stores that hold nothing in memory
+    /// keep this default.
+    fn get_whole(&self, key: &str) -> Result<Option<(Metadata, Bytes)>> {
+        let _ = key;
         Ok(None)
     }
     /// The metadata of `key` without its body.

@@ -194,24 +194,22 @@ async fn hot_entry_survives_a_scan(tier: &dyn Tier, policy: PolicyKind) {
 }
 
 #[tokio::test]
-async fn memory_whole_reads_hand_over_small_entries_and_count_as_hits() {
+async fn memory_whole_reads_hand_over_the_stored_bytes_and_count_as_hits() {
     let store = MemoryStore::new("m");
     let meta = rich_meta("tag");
-    put(&store, "small", meta.clone(), &body(1, 1000), 1000).await;
-    put(&store, "big", Metadata::default(), &body(2, 5000), 5000).await;
-    let (got_meta, got) = store
-        .get_whole("small", 4096)
-        .expect("get_whole")
-        .expect("a small entry is handed over");
-    assert_eq!((got_meta, got.as_ref()), (meta, &body(1, 1000)[..]));
-    assert!(store.get_whole("big", 4096).expect("get_whole").is_none());
-    assert!(store.get_whole("big", 5000).expect("get_whole").is_some());
-    assert!(
-        store
-            .get_whole("absent", 4096)
+    let data = Bytes::from(body(1, 300_000));
+    let mut sink = store.begin_write("k", meta.clone()).await.expect("begin");
+    sink.write(data.clone()).await.expect("write");
+    sink.commit().await.expect("commit");
+    for _ in 0..2 {
+        let (got_meta, got) = store
+            .get_whole("k")
             .expect("get_whole")
-            .is_none()
-    );
+            .expect("an entry in memory is handed over");
+        assert_eq!((&got_meta, &got), (&meta, &data));
+        assert_eq!(got.as_ptr(), data.as_ptr(), "the stored bytes, not a copy");
+    }
+    assert!(store.get_whole("absent").expect("get_whole").is_none());
 
     // A whole read is a hit for the policy, as a `get` is.
     for policy in POLICIES {
@@ -219,7 +217,7 @@ async fn memory_whole_reads_hand_over_small_entries_and_count_as_hits() {
         let hot = body(999, ENTRY);
         put(&store, "hot", Metadata::default(), &hot, ENTRY).await;
         for i in 0..10 * SLOTS {
-            let found = store.get_whole("hot", ENTRY as u64).expect("get_whole");
+            let found = store.get_whole("hot").expect("get_whole");
             assert_eq!(
                 found.map(|(_, b)| b.to_vec()).as_ref(),
                 Some(&hot),

@@ -89,6 +89,8 @@ pub struct MockTier {
     pub entries: Entries,
     pub fail_gets: Rc<Cell<bool>>,
     pub gets: Rc<Cell<usize>>,
+    /// Whether `get_whole` answers (a tier holding its entries in memory).
+    pub in_memory: Rc<Cell<bool>>,
 }
 
 impl MockTier {
@@ -98,6 +100,7 @@ impl MockTier {
             entries: Entries::default(),
             fail_gets: Rc::default(),
             gets: Rc::default(),
+            in_memory: Rc::new(Cell::new(true)),
         }
     }
 
@@ -140,6 +143,7 @@ impl Sink for MockSink {
 impl Tier for MockTier {
     type Body = MockBody;
     type Sink = MockSink;
+    type Whole = Vec<u8>;
 
     fn name(&self) -> String {
         self.name.clone()
@@ -157,17 +161,15 @@ impl Tier for MockTier {
         }))
     }
 
-    fn get_whole(&self, key: &str, max_size: u64) -> Result<Option<(Metadata, Vec<u8>)>> {
+    fn get_whole(&self, key: &str) -> Result<Option<(Metadata, Vec<u8>)>> {
         self.gets.set(self.gets.get() + 1);
         if self.fail_gets.get() {
             return Err(Error::Store("disk on fire".into()));
         }
-        Ok(self
-            .entries
-            .borrow()
-            .get(key)
-            .filter(|(_, body)| body.len() as u64 <= max_size)
-            .cloned())
+        if !self.in_memory.get() {
+            return Ok(None);
+        }
+        Ok(self.entries.borrow().get(key).cloned())
     }
 
     async fn stat(&self, key: &str) -> Result<Option<Metadata>> {

@@ -651,7 +651,7 @@ fn open_validates_the_config() {
 }
 
 #[test]
-fn peek_whole_answers_small_fresh_tier0_entries_at_once() {
+fn peek_whole_answers_fresh_tier0_entries_at_once() {
     let mut h = Harness::new(2);
     let now = h.rt.now_ms();
     let engine = h.engine.clone();
@@ -661,23 +661,22 @@ fn peek_whole_answers_small_fresh_tier0_entries_at_once() {
     assert!(h.tiers[0].body("k").is_none(), "it promotes nothing");
     h.tiers[0].put("k", fresh("v1", now), b"hot");
     let r = engine.peek_whole("k", None).unwrap().expect("a fresh hit");
-    assert_eq!((r.status, r.body.as_slice()), (Status::Ok, &b"hot"[..]));
+    assert_eq!((r.status, r.body), (Status::Ok, Some(b"hot".to_vec())));
     assert_eq!(r.meta.tag, "v1");
     let r = engine.peek_whole("k", Some("\"v1\"")).unwrap().unwrap();
-    assert_eq!(r.status, Status::NotModified);
-    assert!(r.body.is_empty());
+    assert_eq!((r.status, r.body), (Status::NotModified, None));
     h.tiers[0].put("gone", Metadata::negative_at(now), b"");
     let r = engine.peek_whole("gone", None).unwrap().unwrap();
-    assert_eq!(r.status, Status::NotFound);
-    // Larger than WHOLE_MAX: left to the streaming calls.
-    let big = vec![7u8; WHOLE_MAX as usize + 1];
-    h.tiers[0].put("big", fresh("v1", now), &big);
-    assert_eq!(engine.peek_whole("big", None).unwrap(), None);
+    assert_eq!((r.status, r.body), (Status::NotFound, None));
+    // A tier that cannot hand it over at once leaves it to the streams.
+    h.tiers[0].in_memory.set(false);
+    assert_eq!(engine.peek_whole("k", None).unwrap(), None);
     let r = h
-        .run(engine.peek("big", None))
+        .run(engine.peek("k", None))
         .unwrap()
         .expect("peek streams it");
-    assert_eq!(h.run(read_body(r.body)).unwrap(), big);
+    assert_eq!(h.run(read_body(r.body)).unwrap(), b"hot");
+    h.tiers[0].in_memory.set(true);
     // A tier error leaves it to `get`, which deals with those.
     h.tiers[0].fail_gets.set(true);
     assert_eq!(engine.peek_whole("k", None).unwrap(), None);

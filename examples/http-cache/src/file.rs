@@ -94,6 +94,8 @@ impl FileTier {
 impl Tier for FileTier {
     type Body = EdgeBody;
     type Sink = FileSink;
+    /// Nothing is held in memory: every read streams.
+    type Whole = std::convert::Infallible;
 
     fn name(&self) -> String {
         self.name.clone()

@@ -70,6 +70,8 @@ fn store_key(key: &str) -> String {
 impl<S: KeyValue> Tier for KvTier<S> {
     type Body = EdgeBody;
     type Sink = KvSink<S>;
+    /// Nothing is held in memory: every read streams.
+    type Whole = std::convert::Infallible;
 
     fn name(&self) -> String {
         self.name.clone()
