@@ -5,13 +5,15 @@
 //! Two shapes: a large cache (2^20 keys, 2^17 cached) whose tables outgrow
 //! the CPU caches, and a small one (2^16 keys, 2^13 cached) that fits them.
 //! Each runs with the default (SipHash) policies and, suffixed `fxhash`,
-//! with a multiplicative hash, to show what hashing costs.
+//! with a multiplicative hash, to show what hashing costs. A third group
+//! repeats the Go library's own churn benchmark shape, string keys and all.
 //!
 //! `cargo bench -p daramjwee-component --bench policy`
 #![expect(missing_docs, reason = "criterion_group! makes an undocumented pub fn")]
 
 use std::hash::{BuildHasherDefault, Hasher};
 use std::hint::black_box;
+use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -128,5 +130,54 @@ fn churn(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, churn);
+/// The Go library's `Benchmark*_Churn` shape, the one behind its
+/// 158–180 ns/op: 1000 entries of size 1; each request either touches one
+/// of the first 1000 keys (present or long evicted) or, half the time,
+/// inserts a key never seen before, which evicts one. Keys are strings as
+/// the stores' are (`Arc<str>`), made before timing; the Go benchmark
+/// formats its key inside the loop.
+fn go_shape(c: &mut Criterion) {
+    const CAPACITY: u64 = 1000;
+    const FRESH: usize = 1 << 20;
+    let first: Vec<Arc<str>> = (0..CAPACITY)
+        .map(|i| Arc::from(format!("key{i}")))
+        .collect();
+    let fresh: Vec<Arc<str>> = (0..FRESH as u64)
+        .map(|i| Arc::from(format!("key{}", i + CAPACITY)))
+        .collect();
+    let mut rng = Rng(0x5EED);
+    let ops: Vec<(bool, usize)> = (0..STREAM)
+        .map(|_| {
+            let r = rng.next();
+            (r & 1 == 0, ((r >> 1) % CAPACITY) as usize)
+        })
+        .collect();
+    let mut group = c.benchmark_group("policy-churn-go-shape");
+    group.warm_up_time(Duration::from_secs(1));
+    group.measurement_time(Duration::from_secs(3));
+    for kind in PolicyKind::ALL {
+        let mut policy = kind.build::<Arc<str>>(CAPACITY);
+        let mut evicted = Vec::new();
+        for key in &first {
+            policy.insert(Arc::clone(key), 1, &mut evicted);
+        }
+        let (mut at, mut next) = (0, 0);
+        group.bench_function(kind.to_string(), |b| {
+            b.iter(|| {
+                let (touch, i) = ops[at];
+                at = (at + 1) % STREAM;
+                if touch {
+                    black_box(policy.touch(&first[i]));
+                } else {
+                    policy.insert(Arc::clone(&fresh[next]), 1, &mut evicted);
+                    next = (next + 1) % FRESH;
+                    evicted.clear();
+                }
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, churn, go_shape);
 criterion_main!(benches);
