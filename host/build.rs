@@ -25,27 +25,44 @@ fn main() {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());
     }
     let out = PathBuf::from(env::var("OUT_DIR").expect("set by cargo"));
-    // Both builds share one target directory (and its dependencies); each
-    // result is copied out before the next build replaces it.
-    for (features, name, var) in [
-        (&[][..], "engine.wasm", "DARAMJWEE_COMPONENT_WASM"),
+    // The builds of each kind share one target directory (and its
+    // dependencies); each result is copied out before the next build
+    // replaces it. The faulty pair is for the fault-isolation tests.
+    let mut builds = vec![
         (
+            "component",
+            &[][..],
+            "engine.wasm",
+            "DARAMJWEE_COMPONENT_WASM",
+        ),
+        (
+            "component",
             &["hit-path"][..],
             "hit-path.wasm",
             "DARAMJWEE_HIT_PATH_WASM",
         ),
-    ] {
-        let built = build_component(root, &out.join("component"), features);
+    ];
+    if env::var_os("CARGO_FEATURE_FAULT_INJECTION").is_some() {
+        builds.extend([
+            (
+                "component-faults",
+                &["fault-injection"][..],
+                "engine-faults.wasm",
+                "DARAMJWEE_FAULTY_COMPONENT_WASM",
+            ),
+            (
+                "component-faults",
+                &["fault-injection", "hit-path"][..],
+                "hit-path-faults.wasm",
+                "DARAMJWEE_FAULTY_HIT_PATH_WASM",
+            ),
+        ]);
+    }
+    for (dir, features, name, var) in builds {
+        let built = build_component(root, &out.join(dir), features);
         let kept = out.join(name);
         std::fs::copy(&built, &kept).expect("cannot copy the built component");
         println!("cargo:rustc-env={var}={}", kept.display());
-    }
-    if env::var_os("CARGO_FEATURE_FAULT_INJECTION").is_some() {
-        let faulty = build_component(root, &out.join("component-faults"), &["fault-injection"]);
-        println!(
-            "cargo:rustc-env=DARAMJWEE_FAULTY_COMPONENT_WASM={}",
-            faulty.display()
-        );
     }
 }
 

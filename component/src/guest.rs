@@ -229,7 +229,7 @@ impl cx::GuestCache for CacheImpl {
         origin: origin::Fetcher,
     ) -> Result<cx::Response, wit::Error> {
         #[cfg(feature = "fault-injection")]
-        faults::inject(&key);
+        crate::faults::inject(&key);
         let r = self
             .engine
             .get(&key, if_none_match.as_deref(), origin)
@@ -252,7 +252,7 @@ impl cx::GuestCache for CacheImpl {
         if_none_match: Option<String>,
     ) -> Result<Option<cx::WholeResponse>, wit::Error> {
         #[cfg(feature = "fault-injection")]
-        faults::inject(&key);
+        crate::faults::inject(&key);
         let r = self.engine.peek_whole(&key, if_none_match.as_deref())?;
         Ok(r.map(|r| cx::WholeResponse {
             status: r.status.into(),
@@ -387,30 +387,5 @@ fn stream_fill(
 }
 
 crate::wit_types::conversions!(wit);
-
-/// Deliberate guest faults for the host's isolation tests, only in builds
-/// with the `fault-injection` feature.
-#[cfg(feature = "fault-injection")]
-mod faults {
-    pub fn inject(key: &str) {
-        match key {
-            "fault:trap" => core::arch::wasm32::unreachable(),
-            "fault:loop" => {
-                let mut n = 0u64;
-                loop {
-                    n = std::hint::black_box(n.wrapping_add(1));
-                }
-            }
-            "fault:oom" => {
-                let mut hog: Vec<Vec<u8>> = Vec::new();
-                loop {
-                    hog.push(vec![1u8; 16 << 20]);
-                    std::hint::black_box(&hog);
-                }
-            }
-            _ => {}
-        }
-    }
-}
 
 bindings::export!(Component with_types_in bindings);

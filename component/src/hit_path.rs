@@ -127,6 +127,8 @@ impl hits::GuestHitPath for HitPath {
         key: String,
         if_none_match: Option<String>,
     ) -> std::result::Result<Option<wit::WholeResponse>, wit::Error> {
+        #[cfg(feature = "fault-injection")]
+        crate::faults::inject(&key);
         let r = self.engine.peek_whole(&key, if_none_match.as_deref())?;
         Ok(r.map(|r| wit::WholeResponse {
             status: r.status.into(),

@@ -17,6 +17,8 @@ pub mod policy;
 mod runtime;
 mod wait;
 
+#[cfg(all(target_arch = "wasm32", feature = "fault-injection"))]
+mod faults;
 #[cfg(all(target_arch = "wasm32", feature = "guest", not(feature = "hit-path")))]
 mod guest;
 #[cfg(all(target_arch = "wasm32", feature = "hit-path"))]

@@ -524,11 +524,18 @@ impl Cache {
     /// for on a shard thread (as `daramjwee serve` asks), answered in one
     /// plain call into the engine's hit-path component.
     pub fn hit_path_answers(&self) -> u64 {
-        self.inner
-            .router
-            .shards()
-            .iter()
-            .map(Shard::hit_path_answers)
+        let shards = self.inner.router.shards().iter();
+        shards
+            .map(|s| s.hit_path().answers.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    /// Hit-path instances dropped after a fault (a trap, the call time
+    /// limit, the memory cap); each such request went on to the engine.
+    pub fn hit_path_faults(&self) -> u64 {
+        let shards = self.inner.router.shards().iter();
+        shards
+            .map(|s| s.hit_path().faults.load(Ordering::Relaxed))
             .sum()
     }
 

@@ -121,7 +121,12 @@ pub(crate) fn load(source: &ComponentSource, cache_dir: Option<&Path>) -> Result
         .and_then(bindings::EnginePre::new)
         .map_err(|e| Error::InvalidConfig(format!("component: not a daramjwee engine: {e:?}")))?;
     let hit_path = match source {
-        ComponentSource::Embedded => Some(hit_path::load(cache_dir)?),
+        ComponentSource::Embedded => Some(hit_path::load(hit_path::EMBEDDED, cache_dir)?),
+        // The faulty engine of the isolation tests comes with its hit path.
+        #[cfg(feature = "fault-injection")]
+        ComponentSource::Bytes(b) if b.as_ref() == FAULTY_COMPONENT => {
+            Some(hit_path::load(hit_path::FAULTY, cache_dir)?)
+        }
         _ => None,
     };
     let found = Arc::new(Loaded { pre, hit_path });

@@ -37,7 +37,12 @@ use bindings::daramjwee::cache::whole_store;
 /// The hit-path component built from this repository's `component/`
 /// crate (feature `hit-path`), carried inside the binary. It runs only
 /// beside the embedded engine, whose rules it shares.
-static EMBEDDED_HIT_PATH: &[u8] = include_bytes!(env!("DARAMJWEE_HIT_PATH_WASM"));
+pub(crate) static EMBEDDED: &[u8] = include_bytes!(env!("DARAMJWEE_HIT_PATH_WASM"));
+
+/// The hit path that traps, loops or exhausts its memory on the keys
+/// `fault:trap`, `fault:loop` and `fault:oom`, beside the faulty engine.
+#[cfg(feature = "fault-injection")]
+pub(crate) static FAULTY: &[u8] = include_bytes!(env!("DARAMJWEE_FAULTY_HIT_PATH_WASM"));
 
 impl whole_store::Host for HostState {}
 
@@ -63,15 +68,18 @@ impl whole_store::HostTier for HostState {
 /// The hit-path component, ready to instantiate.
 pub(crate) type Pre = bindings::HitPathPre<HostState>;
 
-/// Load the embedded hit path, compiled at most once per process (and,
-/// with `cache_dir`, once per machine).
-pub(crate) fn load(cache_dir: Option<&std::path::Path>) -> Result<Arc<Pre>> {
-    static LOADED: std::sync::OnceLock<Arc<Pre>> = std::sync::OnceLock::new();
-    if let Some(pre) = LOADED.get() {
+/// Load a hit path carried in the binary, compiled at most once per
+/// process (and, with `cache_dir`, once per machine).
+pub(crate) fn load(wasm: &'static [u8], cache_dir: Option<&std::path::Path>) -> Result<Arc<Pre>> {
+    type Loaded = std::sync::Mutex<Vec<(usize, Arc<Pre>)>>;
+    static LOADED: std::sync::OnceLock<Loaded> = std::sync::OnceLock::new();
+    let mut loaded = LOADED.get_or_init(Loaded::default).lock().expect("lock");
+    let id = wasm.as_ptr() as usize;
+    if let Some((_, pre)) = loaded.iter().find(|(at, _)| *at == id) {
         return Ok(Arc::clone(pre));
     }
     let engine = &runtime()?.sync_engine;
-    let component = component::compile(engine, EMBEDDED_HIT_PATH, cache_dir)?;
+    let component = component::compile(engine, wasm, cache_dir)?;
     let mut linker = Linker::<HostState>::new(engine);
     let engine_err = |e: wasmtime::Error| Error::Engine(format!("hit path: {e:?}"));
     wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(engine_err)?;
@@ -81,7 +89,9 @@ pub(crate) fn load(cache_dir: Option<&std::path::Path>) -> Result<Arc<Pre>> {
         .instantiate_pre(&component)
         .and_then(bindings::HitPathPre::new)
         .map_err(engine_err)?;
-    Ok(Arc::clone(LOADED.get_or_init(|| Arc::new(pre))))
+    let pre = Arc::new(pre);
+    loaded.push((id, Arc::clone(&pre)));
+    Ok(pre)
 }
 
 /// One instance of the hit path, opened over a cache's tiers.
@@ -152,8 +162,21 @@ struct Local {
     spec: ShardSpec,
     /// `None` after a fault, until the next request opens a fresh one.
     instance: Option<Instance>,
-    /// Requests answered, for the cache's counters.
-    answers: Arc<AtomicU64>,
+    counts: Arc<Counts>,
+}
+
+/// What one shard thread's hit path did, for the cache's counters. Each
+/// is written by its own thread only: no contention.
+#[derive(Default)]
+pub(crate) struct Counts {
+    /// Requests answered.
+    pub(crate) answers: AtomicU64,
+    /// Instances dropped after a fault (trap, call time limit, memory cap).
+    pub(crate) faults: AtomicU64,
+}
+
+fn bump(counter: &AtomicU64) {
+    counter.store(counter.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
 }
 
 thread_local! {
@@ -161,7 +184,7 @@ thread_local! {
 }
 
 /// Give this (shard) thread a hit path for the cache `cache_id`.
-pub(crate) fn install(cache_id: u64, pre: Arc<Pre>, spec: ShardSpec, answers: Arc<AtomicU64>) {
+pub(crate) fn install(cache_id: u64, pre: Arc<Pre>, spec: ShardSpec, counts: Arc<Counts>) {
     let instance = match Instance::open(&pre, &spec) {
         Ok(instance) => Some(instance),
         Err(e) => {
@@ -175,7 +198,7 @@ pub(crate) fn install(cache_id: u64, pre: Arc<Pre>, spec: ShardSpec, answers: Ar
             pre,
             spec,
             instance,
-            answers,
+            counts,
         });
     });
 }
@@ -192,9 +215,7 @@ pub(crate) fn answer(cache_id: u64, key: &str, inm: Option<&str>) -> Option<Resu
         let instance = local.instance.as_mut()?;
         match instance.peek_whole(key, inm) {
             Ok(Ok(Some(response))) => {
-                // Written by this thread only: no contention.
-                let answers = &local.answers;
-                answers.store(answers.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+                bump(&local.counts.answers);
                 Some(Ok(response))
             }
             Ok(Ok(None)) => None,
@@ -204,6 +225,7 @@ pub(crate) fn answer(cache_id: u64, key: &str, inm: Option<&str>) -> Option<Resu
             Ok(Err(_)) => None,
             Err(fault) => {
                 tracing::error!("the hit path failed, replacing it: {fault:?}");
+                bump(&local.counts.faults);
                 local.instance = None;
                 None
             }

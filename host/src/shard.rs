@@ -10,7 +10,6 @@
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -111,8 +110,8 @@ pub(crate) struct Shard {
     runtime: tokio::runtime::Handle,
     /// How many instances failed so far, and why the last one did.
     faults: watch::Receiver<(u64, String)>,
-    /// Requests the shard thread's hit path answered.
-    hit_path_answers: Arc<AtomicU64>,
+    /// What the shard thread's hit path did.
+    hit_path: Arc<hit_path::Counts>,
 }
 
 impl Shard {
@@ -127,14 +126,14 @@ impl Shard {
             .build()
             .map_err(|e| Error::Other(format!("cannot start a shard: {e}")))?;
         let runtime = rt.handle().clone();
-        let hit_path_answers = Arc::new(AtomicU64::new(0));
-        let answers = Arc::clone(&hit_path_answers);
+        let hit_path_counts = Arc::new(hit_path::Counts::default());
+        let counts = Arc::clone(&hit_path_counts);
         std::thread::Builder::new()
             .name(format!("daramjwee-shard-{index}"))
             .spawn(move || {
                 SHARD_THREAD.with(|s| s.set(Some((cache_id, index))));
                 if let Some(pre) = &spec.loaded.hit_path {
-                    hit_path::install(cache_id, Arc::clone(pre), spec.clone(), answers);
+                    hit_path::install(cache_id, Arc::clone(pre), spec.clone(), counts);
                 }
                 rt.block_on(run(index, spec, rx, ready_tx, fault_tx));
             })
@@ -146,13 +145,13 @@ impl Shard {
             tx,
             runtime,
             faults,
-            hit_path_answers,
+            hit_path: hit_path_counts,
         })
     }
 
-    /// Requests the shard thread's hit path answered so far.
-    pub(crate) fn hit_path_answers(&self) -> u64 {
-        self.hit_path_answers.load(Ordering::Relaxed)
+    /// What the shard thread's hit path did so far.
+    pub(crate) fn hit_path(&self) -> &hit_path::Counts {
+        &self.hit_path
     }
 
     /// The runtime of the shard's thread.

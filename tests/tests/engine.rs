@@ -593,6 +593,47 @@ async fn a_trapping_guest_call_fails_that_request_and_the_instance_is_replaced()
 }
 
 #[tokio::test]
+async fn a_fault_in_the_hit_path_sends_the_request_on_and_replaces_it() {
+    let cache = faulty_cache(|b| b.call_time_limit(Duration::from_millis(200))).await;
+    let origin = Origin::new([Reply::Body("v", Bytes::from("survives"))]);
+    read(cache.get("k", origin.clone()).await.unwrap())
+        .await
+        .unwrap();
+    let mut faults = 0;
+    for fault in ["fault:trap", "fault:loop"] {
+        let (c, o) = (cache.clone(), origin.clone());
+        // The hit path faults first; the request goes on to the engine,
+        // whose own fault is what the caller sees.
+        let result = on_shard(&cache, async move { c.get(fault, o).await.map(|_| ()) }).await;
+        assert!(
+            matches!(&result, Err(Error::Engine(_))),
+            "{fault}: {result:?}"
+        );
+        faults += 1;
+        assert_eq!(
+            cache.hit_path_faults(),
+            faults,
+            "{fault}: the hit path faulted"
+        );
+        let answered = cache.hit_path_answers();
+        let (c, o) = (cache.clone(), origin.clone());
+        let body = on_shard(
+            &cache,
+            async move { read(c.get("k", o).await.unwrap()).await },
+        )
+        .await
+        .unwrap();
+        assert_eq!(body, Bytes::from("survives"));
+        assert_eq!(
+            cache.hit_path_answers(),
+            answered + 1,
+            "{fault}: a fresh hit path answered the next hit"
+        );
+    }
+    assert_eq!(origin.calls(), 1);
+}
+
+#[tokio::test]
 async fn a_looping_guest_call_is_interrupted() {
     let cache = faulty_cache(|b| b.call_time_limit(Duration::from_millis(200))).await;
     let fault = cache.get("fault:loop", Origin::new([])).await;
@@ -763,6 +804,7 @@ async fn fresh_memory_hits_are_answered_whole_on_and_off_the_shard_threads() {
     }
     assert_eq!(tier.reads(), (before.0 + 2, before.1));
     assert_eq!(cache.hit_path_answers(), 1, "the shard thread's hit");
+    assert_eq!(cache.hit_path_faults(), 0);
 
     // The rest of a hit's answers, on a shard thread.
     let (c, o) = (cache.clone(), origin.clone());
