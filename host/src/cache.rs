@@ -13,7 +13,7 @@ use crate::bindings::{scheduler, types};
 use crate::body::Body;
 use crate::component::{ComponentSource, default_compile_cache, load};
 use crate::fetcher::{Fetcher, SharedFetcher};
-use crate::hit_path;
+use crate::hit_path::{self, Whole};
 use crate::meta::duration_millis;
 use crate::pool::{Pool, PoolStats, WorkerStrategy};
 use crate::shard::{self, Command, Shard, ShardSpec, ticks_in};
@@ -334,12 +334,18 @@ impl Router {
     /// this thread is another shard's than the key's: answered here, it
     /// needs no hop to the owner's thread, and a hot key's hits spread
     /// over every shard. `None` sends the request to the owner.
-    async fn peek_here(&self, key: &str, inm: Option<&str>) -> Option<Result<GetResponse>> {
+    async fn peek_here(
+        &self,
+        key: &str,
+        inm: Option<&str>,
+        whole_asked: bool,
+    ) -> Option<Result<GetResponse>> {
         let shard = self.local_peer(key)?;
         let (tx, rx) = oneshot::channel();
         let command = Command::Peek {
             key: key.to_owned(),
             inm: inm.map(str::to_owned),
+            whole_asked,
             reply: tx,
         };
         shard.send(command).await.ok()?;
@@ -420,10 +426,13 @@ impl Cache {
         fetcher: impl Fetcher,
     ) -> Result<GetResponse> {
         self.check_open()?;
-        if let Some(answer) = hit_path::answer(self.inner.router.id, key, if_none_match) {
-            return answer;
-        }
-        if let Some(answer) = self.inner.router.peek_here(key, if_none_match).await {
+        let whole_asked = match hit_path::answer(self.inner.router.id, key, if_none_match) {
+            Whole::Answered(answer) => return answer,
+            Whole::Declined => true,
+            Whole::NotAsked => false,
+        };
+        let router = &self.inner.router;
+        if let Some(answer) = router.peek_here(key, if_none_match, whole_asked).await {
             return answer;
         }
         let fetcher: SharedFetcher = Arc::new(fetcher);
@@ -433,6 +442,7 @@ impl Cache {
             .call(key, |reply| Command::Get {
                 key: key.to_owned(),
                 inm,
+                whole_asked,
                 fetcher,
                 reply,
             })
@@ -520,7 +530,7 @@ impl Cache {
             .collect()
     }
 
-    /// Requests answered by the hit path: small fresh tier-0 hits asked
+    /// Requests answered by the hit path: fresh tier-0 memory hits asked
     /// for on a shard thread (as `daramjwee serve` asks), answered in one
     /// plain call into the engine's hit-path component.
     pub fn hit_path_answers(&self) -> u64 {

@@ -1,6 +1,6 @@
 //! The hit path: the engine's `peek-whole` built alone as a component
 //! that imports nothing that waits (world `hit-path`), instantiated in a
-//! plain synchronous store beside each shard. A small fresh hit for a
+//! plain synchronous store beside each shard. A fresh memory hit for a
 //! request served on a shard thread is one call into it, with no task,
 //! stream or thread hop; anything it cannot answer goes to the engine
 //! instance as before. It holds no per-key state, so it can answer for
@@ -203,31 +203,52 @@ pub(crate) fn install(cache_id: u64, pre: Arc<Pre>, spec: ShardSpec, counts: Arc
     });
 }
 
-/// A small fresh tier-0 hit for `key`, answered by this thread's hit path
-/// when it has one for `cache_id`; `None` leaves the request to the engine.
-pub(crate) fn answer(cache_id: u64, key: &str, inm: Option<&str>) -> Option<Result<GetResponse>> {
+/// What the hit path of this thread made of a request.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "returned straight to the caller, which moves the response on anyway"
+)]
+pub(crate) enum Whole {
+    /// Answered: a fresh tier-0 hit, or an error the engine would give too.
+    Answered(Result<GetResponse>),
+    /// Asked tier 0 and had no answer: the engine's `peek-whole` would
+    /// find the same, so it need not ask again.
+    Declined,
+    /// Not asked: no hit path for this cache on this thread, or it failed.
+    NotAsked,
+}
+
+/// A fresh tier-0 hit for `key`, answered by this thread's hit path when
+/// it has one for `cache_id`.
+pub(crate) fn answer(cache_id: u64, key: &str, inm: Option<&str>) -> Whole {
     LOCAL.with(|local| {
-        let mut local = local.try_borrow_mut().ok()?;
-        let local = local.as_mut().filter(|l| l.cache_id == cache_id)?;
+        let Ok(mut local) = local.try_borrow_mut() else {
+            return Whole::NotAsked;
+        };
+        let Some(local) = local.as_mut().filter(|l| l.cache_id == cache_id) else {
+            return Whole::NotAsked;
+        };
         if local.instance.is_none() {
             local.instance = Instance::open(&local.pre, &local.spec).ok();
         }
-        let instance = local.instance.as_mut()?;
+        let Some(instance) = local.instance.as_mut() else {
+            return Whole::NotAsked;
+        };
         match instance.peek_whole(key, inm) {
             Ok(Ok(Some(response))) => {
                 bump(&local.counts.answers);
-                Some(Ok(response))
+                Whole::Answered(Ok(response))
             }
-            Ok(Ok(None)) => None,
+            Ok(Ok(None)) => Whole::Declined,
             // The key itself is bad, or the cache closed: the engine
             // would say the same.
-            Ok(Err(e @ (Error::InvalidKey(_) | Error::Closed))) => Some(Err(e)),
-            Ok(Err(_)) => None,
+            Ok(Err(e @ (Error::InvalidKey(_) | Error::Closed))) => Whole::Answered(Err(e)),
+            Ok(Err(_)) => Whole::NotAsked,
             Err(fault) => {
                 tracing::error!("the hit path failed, replacing it: {fault:?}");
                 bump(&local.counts.faults);
                 local.instance = None;
-                None
+                Whole::NotAsked
             }
         }
     })

@@ -46,11 +46,15 @@ pub(crate) enum Command {
     Peek {
         key: String,
         inm: Option<String>,
+        /// The caller's hit path already asked tier 0 whole.
+        whole_asked: bool,
         reply: Reply<Option<GetResponse>>,
     },
     Get {
         key: String,
         inm: Option<String>,
+        /// The caller's hit path already asked tier 0 whole.
+        whole_asked: bool,
         fetcher: SharedFetcher,
         reply: Reply<GetResponse>,
     },
@@ -336,12 +340,24 @@ struct Calls<'a> {
 }
 
 impl Calls<'_> {
-    /// Answer a `get` or `peek` of a small fresh tier-0 entry at once,
-    /// with one plain call into the instance; the command back when that
-    /// cannot answer it.
+    /// Answer a `get` or `peek` of a fresh tier-0 entry held in memory
+    /// with `peek-whole`, before any stream is set up; the command back
+    /// when that cannot answer it, or when the caller's hit path already
+    /// asked.
     async fn answer_whole(&self, command: Command) -> wasmtime::Result<Option<Command>> {
         let (key, inm) = match &command {
-            Command::Get { key, inm, .. } | Command::Peek { key, inm, .. } => (key, inm),
+            Command::Get {
+                key,
+                inm,
+                whole_asked: false,
+                ..
+            }
+            | Command::Peek {
+                key,
+                inm,
+                whole_asked: false,
+                ..
+            } => (key, inm),
             _ => return Ok(Some(command)),
         };
         let answer = self
@@ -369,7 +385,9 @@ impl Calls<'_> {
         let (a, cache) = (self.accessor, self.cache);
         let calls = self.guest.cache();
         match command {
-            Command::Peek { key, inm, reply } => {
+            Command::Peek {
+                key, inm, reply, ..
+            } => {
                 let response = match calls.call_peek(a, cache, key, inm).await? {
                     Ok(Some(response)) => Ok(Some(self.response(response)?)),
                     Ok(None) => Ok(None),
@@ -382,6 +400,7 @@ impl Calls<'_> {
                 inm,
                 fetcher,
                 reply,
+                ..
             } => {
                 let fetcher = a.with(|mut s| s.get().table.push(FetcherRes(fetcher)))?;
                 let response = match calls.call_get(a, cache, key, inm, fetcher).await? {

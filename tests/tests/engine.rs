@@ -838,9 +838,23 @@ async fn fresh_memory_hits_are_answered_whole_on_and_off_the_shard_threads() {
         assert_eq!(read(r).await.unwrap(), body(10));
     })
     .await;
-    assert_eq!(origin.calls(), 4, "every hit above was served from tier 0");
+    // A miss on a shard thread asks tier 0 whole once (the hit path),
+    // not again in the engine instances it goes on to.
+    let wholes = tier.reads().0;
+    let (c, o) = (cache.clone(), origin.clone());
+    origin.push(Reply::Body("v3", body(10)));
+    on_shard(&cache, async move {
+        read(c.get("new", o).await.unwrap()).await.unwrap();
+    })
+    .await;
+    assert_eq!(tier.reads().0, wholes + 1);
+    assert_eq!(origin.calls(), 5);
     // The not-modified, the large and the negative answer.
-    assert_eq!(cache.hit_path_answers(), 4);
+    assert_eq!(
+        cache.hit_path_answers(),
+        4,
+        "every hit above was served from tier 0"
+    );
 }
 
 #[tokio::test]
