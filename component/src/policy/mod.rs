@@ -90,7 +90,10 @@ impl PolicyKind {
     }
 
     /// Like [`build`](Self::build), hashing keys with `hasher` instead of
-    /// std's DoS-resistant default.
+    /// std's DoS-resistant default. S3-FIFO's ghost queue remembers keys by
+    /// their 64-bit hash alone, so a hasher whose keys collide makes it
+    /// take some new keys for remembered ones (the resident keys stay
+    /// exact).
     pub fn build_with_hasher<K, S>(self, capacity: u64, hasher: S) -> Box<dyn Policy<K>>
     where
         K: Hash + Eq + Clone + Send + 'static,
@@ -204,41 +207,101 @@ mod tests {
         }
     }
 
-    #[test]
-    fn any_hasher_gives_the_same_decisions() {
-        #[derive(Default)]
-        struct Weak(u64);
-        impl std::hash::Hasher for Weak {
-            fn write(&mut self, bytes: &[u8]) {
-                for &b in bytes {
-                    self.0 = self.0.wrapping_mul(31).wrapping_add(u64::from(b));
-                }
-            }
-            fn finish(&self) -> u64 {
-                // Few distinct hashes, so keys collide often.
-                self.0 % 13
+    /// A hasher with few distinct hashes (`finish() % modulus`, none when
+    /// the modulus is 0), so keys collide often.
+    #[derive(Default)]
+    struct Weak<const MODULUS: u64>(u64);
+
+    impl<const MODULUS: u64> std::hash::Hasher for Weak<MODULUS> {
+        fn write(&mut self, bytes: &[u8]) {
+            for &b in bytes {
+                self.0 = self.0.wrapping_mul(31).wrapping_add(u64::from(b));
             }
         }
-        for kind in PolicyKind::ALL {
-            let mut std = kind.build::<u32>(50);
-            let mut weak = kind
-                .build_with_hasher::<u32, _>(50, std::hash::BuildHasherDefault::<Weak>::default());
-            let (mut a, mut b) = (Vec::new(), Vec::new());
-            for i in 0..5_000u32 {
-                let key = (i * 7919) % 211 % (1 + i % 97);
-                let hit = std.touch(&key);
-                assert_eq!(weak.touch(&key), hit, "{kind}");
-                if !hit {
-                    std.insert(key, u64::from(key % 3 + 1), &mut a);
-                    weak.insert(key, u64::from(key % 3 + 1), &mut b);
-                }
-                if i % 101 == 0 {
-                    assert_eq!(std.remove(&(i % 50)), weak.remove(&(i % 50)), "{kind}");
-                }
+        fn finish(&self) -> u64 {
+            if MODULUS == 0 {
+                self.0
+            } else {
+                self.0 % MODULUS
+            }
+        }
+    }
+
+    /// Runs one request mix through the policy with std's hasher and
+    /// through the same kind with `hasher`, comparing what each decides
+    /// (when `same`) and checking each stays consistent.
+    fn replay_with<S: std::hash::BuildHasher + Send + 'static>(
+        kind: PolicyKind,
+        hasher: S,
+        same: bool,
+    ) {
+        let mut std = kind.build::<u32>(50);
+        let mut other = kind.build_with_hasher::<u32, _>(50, hasher);
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        for i in 0..5_000u32 {
+            let key = (i * 7919) % 211 % (1 + i % 97);
+            let hit = std.touch(&key);
+            let other_hit = other.touch(&key);
+            if !hit {
+                std.insert(key, u64::from(key % 3 + 1), &mut a);
+            }
+            if !other_hit {
+                other.insert(key, u64::from(key % 3 + 1), &mut b);
+                assert!(other.contains(&key) != b.contains(&key), "{kind}");
+            }
+            if i % 101 == 0 {
+                let (removed, other_removed) = (std.remove(&(i % 50)), other.remove(&(i % 50)));
+                assert!(!same || other_removed == removed, "{kind}");
+                assert!(!other.contains(&(i % 50)), "{kind}");
+            }
+            assert!(other.used() <= 50, "{kind}");
+            if same {
+                assert_eq!(other_hit, hit, "{kind}");
                 assert_eq!(a, b, "{kind}");
-                assert_eq!((std.len(), std.used()), (weak.len(), weak.used()), "{kind}");
+                assert_eq!(
+                    (std.len(), std.used()),
+                    (other.len(), other.used()),
+                    "{kind}"
+                );
             }
+            for key in b.drain(..) {
+                assert!(!other.contains(&key), "{kind}: {key} evicted");
+            }
+            a.clear();
         }
+    }
+
+    #[test]
+    fn any_hasher_without_collisions_gives_the_same_decisions() {
+        for kind in PolicyKind::ALL {
+            replay_with(
+                kind,
+                std::hash::BuildHasherDefault::<Weak<0>>::default(),
+                true,
+            );
+        }
+    }
+
+    #[test]
+    fn colliding_hashes_change_no_decision_of_lru_and_sieve() {
+        for kind in [PolicyKind::Lru, PolicyKind::Sieve] {
+            replay_with(
+                kind,
+                std::hash::BuildHasherDefault::<Weak<13>>::default(),
+                true,
+            );
+        }
+    }
+
+    #[test]
+    fn colliding_hashes_leave_s3fifo_consistent() {
+        // Its ghost queue keeps hashes, so a colliding key may be taken
+        // for a remembered one; the resident keys stay exact.
+        replay_with(
+            PolicyKind::S3Fifo,
+            std::hash::BuildHasherDefault::<Weak<13>>::default(),
+            false,
+        );
     }
 
     #[test]

@@ -10,6 +10,10 @@
 //!   queue the rest; the ghost queue remembers the keys (and sizes) of up to
 //!   90 % of the capacity in bytes. The queues' shares only steer which one
 //!   is evicted from: together they hold up to the capacity.
+//! - The ghost queue keeps a key's 64-bit keyed hash, not the key: a key
+//!   leaving the small queue is handed to the caller as it is (no copy, and
+//!   ghosts hold no key memory), and any key with that hash counts as
+//!   remembered, which another key matches by chance with odds of 2^-64.
 //! - A hit adds one to the key's counter, capped at 3.
 //! - A miss goes to the main queue if the key is in the ghost queue, else to
 //!   the small queue. Until the first eviction, keys that find the small
@@ -92,23 +96,23 @@ impl<K: Hash + Eq + Clone, S: BuildHasher> S3Fifo<K, S> {
         self.queues[q as usize].unlink(&mut self.table, idx);
     }
 
-    /// Forgets an unlinked node entirely.
+    /// Forgets an unlinked resident node entirely.
     fn release(&mut self, idx: u32) -> K {
         self.table.remove(idx)
     }
 
-    /// Remembers an unlinked node (just dropped from the small queue) in
-    /// the ghost queue, making room there first.
+    /// Remembers an unlinked node just dropped from the small queue, whose
+    /// key has been taken, in the ghost queue, making room there first.
     fn remember(&mut self, idx: u32) {
         let size = self.table.node(idx).size;
         if size > self.ghost_capacity {
-            self.release(idx);
+            self.table.discard(idx);
             return;
         }
         while self.queues[GHOST as usize].bytes > self.ghost_capacity - size {
             let oldest = self.queues[GHOST as usize].tail;
             self.unlink(oldest);
-            self.release(oldest);
+            self.table.discard(oldest);
         }
         self.table.node_mut(idx).freq = 0;
         self.push(idx, GHOST);
@@ -128,7 +132,7 @@ impl<K: Hash + Eq + Clone, S: BuildHasher> S3Fifo<K, S> {
                 node.freq = 0;
                 self.push(idx, MAIN);
             } else {
-                let key = self.table.key(idx).clone();
+                let key = self.table.take_key(idx);
                 self.remember(idx);
                 return Some(key);
             }
@@ -203,7 +207,7 @@ impl<K: Hash + Eq + Clone + Send, S: BuildHasher + Send> Policy<K> for S3Fifo<K,
         let from_ghost = found.is_some();
         if size > self.small_capacity || (!from_ghost && size == self.small_capacity) {
             if let Some(idx) = found {
-                self.release(idx);
+                self.table.discard(idx);
             }
             evicted.push(key);
             return;
@@ -211,6 +215,7 @@ impl<K: Hash + Eq + Clone + Send, S: BuildHasher + Send> Policy<K> for S3Fifo<K,
         self.make_room(size, evicted);
         match found {
             Some(idx) => {
+                self.table.restore_key(idx, key);
                 let node = self.table.node_mut(idx);
                 node.size = size;
                 node.freq = 0;
@@ -256,7 +261,7 @@ impl<K: Hash + Eq + Clone + Send, S: BuildHasher + Send> Policy<K> for S3Fifo<K,
         // A deleted key's history goes too: if it comes back it starts over.
         let resident = self.table.node(idx).queue != GHOST;
         self.unlink(idx);
-        self.release(idx);
+        self.table.discard(idx);
         resident
     }
 
@@ -354,6 +359,66 @@ mod tests {
         assert_eq!(queue_of(&s3, 0), Some(MAIN));
         assert!(s3.contains(&0));
         assert_eq!(s3.used(), 100);
+    }
+
+    #[test]
+    fn ghosts_hold_no_key() {
+        let keys: Vec<std::sync::Arc<u32>> = (0..101).map(std::sync::Arc::new).collect();
+        let mut s3 = S3Fifo::new(100);
+        let mut evicted = Vec::new();
+        for key in &keys {
+            s3.insert(std::sync::Arc::clone(key), 1, &mut evicted);
+        }
+        assert_eq!(evicted, [std::sync::Arc::new(0)]);
+        evicted.clear();
+        // Key 0 is remembered (it comes back to the main queue) but no
+        // longer held by the policy.
+        assert_eq!(std::sync::Arc::strong_count(&keys[0]), 1);
+        assert_eq!(std::sync::Arc::strong_count(&keys[1]), 2);
+        s3.insert(std::sync::Arc::clone(&keys[0]), 1, &mut evicted);
+        assert_eq!(
+            s3.table.get(&keys[0]).map(|idx| s3.table.node(idx).queue),
+            Some(MAIN)
+        );
+        assert!(s3.contains(&keys[0]));
+    }
+
+    #[test]
+    fn a_key_with_a_remembered_hash_counts_as_remembered() {
+        /// Hashes every key to its value modulo 1000.
+        #[derive(Default)]
+        struct Mod1000(u64);
+        impl std::hash::Hasher for Mod1000 {
+            fn write(&mut self, _: &[u8]) {}
+            fn write_u32(&mut self, n: u32) {
+                self.0 = u64::from(n % 1000);
+            }
+            fn finish(&self) -> u64 {
+                self.0
+            }
+        }
+        let mut s3 = S3Fifo::with_hasher(100, std::hash::BuildHasherDefault::<Mod1000>::default());
+        let mut evicted = Vec::new();
+        for k in 0..101u32 {
+            s3.insert(k, 1, &mut evicted);
+        }
+        assert_eq!(evicted, [0]);
+        // 1000 was never seen, but hashes like key 0, which the ghost
+        // queue remembers (making room moved key 1 there); 1050 hashes like
+        // key 50, which is resident: that is no memory of 1050.
+        s3.insert(1000, 1, &mut evicted);
+        assert_eq!(evicted, [0, 1]);
+        assert_eq!(
+            s3.table.get(&1000).map(|i| s3.table.node(i).queue),
+            Some(MAIN)
+        );
+        s3.insert(1050, 1, &mut evicted);
+        assert_eq!(
+            s3.table.get(&1050).map(|i| s3.table.node(i).queue),
+            Some(SMALL)
+        );
+        assert!(s3.contains(&50) && s3.contains(&1000) && s3.contains(&1050));
+        assert!(!s3.contains(&0));
     }
 
     #[test]

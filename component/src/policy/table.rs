@@ -86,17 +86,21 @@ impl<K: Hash + Eq, S: BuildHasher> Table<K, S> {
         self.hasher.hash_one(key)
     }
 
-    /// The node holding `key`, whose hash is `hash`.
+    /// The node holding `key`, whose hash is `hash`; failing that, a node
+    /// whose key was taken ([`Table::take_key`]) that had the same hash.
     pub fn find(&self, hash: u64, key: &K) -> Option<u32> {
         let mut at = *self.index.get(&hash)?;
+        let mut keyless = None;
         loop {
             let node = &self.nodes[at as usize];
-            if node.key.as_ref() == Some(key) {
-                return Some(at);
+            match &node.key {
+                Some(k) if k == key => return Some(at),
+                Some(_) => {}
+                None => keyless = keyless.or(Some(at)),
             }
             at = node.chain;
             if at == NIL {
-                return None;
+                return keyless;
             }
         }
     }
@@ -139,6 +143,34 @@ impl<K: Hash + Eq, S: BuildHasher> Table<K, S> {
 
     /// Forgets an unlinked node, freeing its slot, and hands back its key.
     pub fn remove(&mut self, idx: u32) -> K {
+        self.unindex(idx).expect("live nodes hold a key")
+    }
+
+    /// Forgets an unlinked node, with or without its key.
+    pub fn discard(&mut self, idx: u32) {
+        self.unindex(idx);
+    }
+
+    /// Takes the key out of a node that stays indexed by its key's hash:
+    /// from then on [`Table::find`] matches it for any key with that hash
+    /// (a 64-bit hash: another key matching it by chance is as likely as
+    /// guessing the hasher's random key). The node keeps its queue links.
+    pub fn take_key(&mut self, idx: u32) -> K {
+        self.nodes[idx as usize]
+            .key
+            .take()
+            .expect("live nodes hold a key")
+    }
+
+    /// Gives a node whose key was taken the key it stands for now; `key`
+    /// must hash to the node's hash.
+    pub fn restore_key(&mut self, idx: u32, key: K) {
+        let node = &mut self.nodes[idx as usize];
+        debug_assert!(node.key.is_none());
+        node.key = Some(key);
+    }
+
+    fn unindex(&mut self, idx: u32) -> Option<K> {
         let node = &self.nodes[idx as usize];
         let (hash, chain) = (node.hash, node.chain);
         let head = self.index.get_mut(&hash).expect("live nodes are indexed");
@@ -160,7 +192,7 @@ impl<K: Hash + Eq, S: BuildHasher> Table<K, S> {
         slot.chain = free;
         self.free = idx;
         self.live -= 1;
-        slot.key.take().expect("live nodes hold a key")
+        slot.key.take()
     }
 
     /// Number of keys stored.
@@ -171,6 +203,7 @@ impl<K: Hash + Eq, S: BuildHasher> Table<K, S> {
 }
 
 impl<K, S> Table<K, S> {
+    #[cfg(test)]
     pub fn key(&self, idx: u32) -> &K {
         self.nodes[idx as usize]
             .key
