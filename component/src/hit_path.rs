@@ -118,6 +118,12 @@ impl hits::GuestHitPath for HitPath {
         config: wit::Config,
         tiers: Vec<whole_store::Tier>,
     ) -> std::result::Result<hits::HitPath, wit::Error> {
+        #[cfg(feature = "fault-injection")]
+        if tiers.first().is_some_and(|t| t.name() == "fault:open") {
+            return Err(wit::Error::Other(
+                "injected: the hit path does not open".into(),
+            ));
+        }
         let engine = Engine::open(config.into(), tiers, HitRt)?;
         Ok(hits::HitPath::new(HitPath { engine }))
     }

@@ -549,6 +549,16 @@ impl Cache {
             .sum()
     }
 
+    /// Failed attempts to open a hit-path instance. Its thread's requests
+    /// go to the engine meanwhile, and it is tried again after a second,
+    /// then twice as long after each failure, up to a minute.
+    pub fn hit_path_open_failures(&self) -> u64 {
+        let shards = self.inner.router.shards().iter();
+        shards
+            .map(|s| s.hit_path().open_failures.load(Ordering::Relaxed))
+            .sum()
+    }
+
     /// Counters of the background pool.
     pub fn pool_stats(&self) -> &PoolStats {
         self.inner.pool.stats()

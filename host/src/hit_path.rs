@@ -9,6 +9,7 @@
 use std::cell::RefCell;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use wasmtime::component::{Linker, Resource, ResourceAny};
 use wasmtime::{Store, StoreLimitsBuilder};
@@ -160,9 +161,38 @@ struct Local {
     cache_id: u64,
     pre: Arc<Pre>,
     spec: ShardSpec,
-    /// `None` after a fault, until the next request opens a fresh one.
+    /// `None` after a fault, until the next request opens a fresh one,
+    /// or while opening fails, until `reopen` lets it try again.
     instance: Option<Instance>,
+    reopen: Reopen,
     counts: Arc<Counts>,
+}
+
+/// When a hit path that failed to open may be tried again: after a
+/// second, then twice as long after each failure, up to a minute, so a
+/// hit path that cannot open costs its thread's requests nothing.
+#[derive(Default)]
+struct Reopen {
+    not_before: Option<Instant>,
+    delay: Duration,
+}
+
+impl Reopen {
+    const FIRST: Duration = Duration::from_secs(1);
+    const LONGEST: Duration = Duration::from_secs(60);
+
+    fn due(&self, now: Instant) -> bool {
+        self.not_before.is_none_or(|at| now >= at)
+    }
+
+    fn failed(&mut self, now: Instant) {
+        self.delay = (self.delay * 2).clamp(Self::FIRST, Self::LONGEST);
+        self.not_before = Some(now + self.delay);
+    }
+
+    fn opened(&mut self) {
+        *self = Reopen::default();
+    }
 }
 
 /// What one shard thread's hit path did, for the cache's counters. Each
@@ -173,6 +203,8 @@ pub(crate) struct Counts {
     pub(crate) answers: AtomicU64,
     /// Instances dropped after a fault (trap, call time limit, memory cap).
     pub(crate) faults: AtomicU64,
+    /// Attempts to open an instance that failed.
+    pub(crate) open_failures: AtomicU64,
 }
 
 fn bump(counter: &AtomicU64) {
@@ -185,22 +217,36 @@ thread_local! {
 
 /// Give this (shard) thread a hit path for the cache `cache_id`.
 pub(crate) fn install(cache_id: u64, pre: Arc<Pre>, spec: ShardSpec, counts: Arc<Counts>) {
-    let instance = match Instance::open(&pre, &spec) {
-        Ok(instance) => Some(instance),
-        Err(e) => {
-            tracing::warn!("the hit path did not open, requests go to the engine: {e}");
-            None
-        }
+    let mut local = Local {
+        cache_id,
+        pre,
+        spec,
+        instance: None,
+        reopen: Reopen::default(),
+        counts,
     };
-    LOCAL.with(|local| {
-        *local.borrow_mut() = Some(Local {
-            cache_id,
-            pre,
-            spec,
-            instance,
-            counts,
-        });
-    });
+    local.open(Instant::now());
+    LOCAL.with(|slot| *slot.borrow_mut() = Some(local));
+}
+
+impl Local {
+    /// Opens an instance, or notes the failure and when to try again.
+    fn open(&mut self, now: Instant) {
+        match Instance::open(&self.pre, &self.spec) {
+            Ok(instance) => {
+                self.instance = Some(instance);
+                self.reopen.opened();
+            }
+            Err(e) => {
+                bump(&self.counts.open_failures);
+                self.reopen.failed(now);
+                tracing::warn!(
+                    "the hit path did not open, requests go to the engine; next try in {:?}: {e}",
+                    self.reopen.delay
+                );
+            }
+        }
+    }
 }
 
 /// What the hit path of this thread made of a request.
@@ -229,7 +275,11 @@ pub(crate) fn answer(cache_id: u64, key: &str, inm: Option<&str>) -> Whole {
             return Whole::NotAsked;
         };
         if local.instance.is_none() {
-            local.instance = Instance::open(&local.pre, &local.spec).ok();
+            let now = Instant::now();
+            if !local.reopen.due(now) {
+                return Whole::NotAsked;
+            }
+            local.open(now);
         }
         let Some(instance) = local.instance.as_mut() else {
             return Whole::NotAsked;
@@ -252,4 +302,27 @@ pub(crate) fn answer(cache_id: u64, key: &str, inm: Option<&str>) -> Whole {
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hit_path_that_does_not_open_is_tried_again_ever_later() {
+        let t0 = Instant::now();
+        let mut reopen = Reopen::default();
+        assert!(reopen.due(t0));
+        let mut waits = Vec::new();
+        for _ in 0..9 {
+            reopen.failed(t0);
+            assert!(!reopen.due(t0) && reopen.due(t0 + reopen.delay));
+            waits.push(reopen.delay.as_secs());
+        }
+        assert_eq!(waits, [1, 2, 4, 8, 16, 32, 60, 60, 60]);
+        reopen.opened();
+        assert!(reopen.due(t0));
+        reopen.failed(t0);
+        assert_eq!(reopen.delay, Duration::from_secs(1));
+    }
 }

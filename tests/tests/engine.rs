@@ -566,9 +566,17 @@ async fn every_bad_setting_is_an_error_naming_it() {
 async fn faulty_cache(
     configure: impl FnOnce(daramjwee::CacheBuilder) -> daramjwee::CacheBuilder,
 ) -> Cache {
+    faulty_cache_over("m", configure).await
+}
+
+/// A cache of the faulty engine over one memory tier named `tier`.
+async fn faulty_cache_over(
+    tier: &str,
+    configure: impl FnOnce(daramjwee::CacheBuilder) -> daramjwee::CacheBuilder,
+) -> Cache {
     let component = ComponentSource::Bytes(Arc::from(daramjwee::FAULTY_COMPONENT));
     let builder = Cache::builder()
-        .tier(daramjwee::MemoryStore::new("m"))
+        .tier(daramjwee::MemoryStore::new(tier))
         .shards(1)
         .component(component);
     configure(builder).build().await.unwrap()
@@ -616,13 +624,7 @@ async fn a_fault_in_the_hit_path_sends_the_request_on_and_replaces_it() {
             "{fault}: the hit path faulted"
         );
         let answered = cache.hit_path_answers();
-        let (c, o) = (cache.clone(), origin.clone());
-        let body = on_shard(
-            &cache,
-            async move { read(c.get("k", o).await.unwrap()).await },
-        )
-        .await
-        .unwrap();
+        let body = read_on_shard(&cache, "k", origin.clone()).await;
         assert_eq!(body, Bytes::from("survives"));
         assert_eq!(
             cache.hit_path_answers(),
@@ -631,6 +633,23 @@ async fn a_fault_in_the_hit_path_sends_the_request_on_and_replaces_it() {
         );
     }
     assert_eq!(origin.calls(), 1);
+}
+
+#[tokio::test]
+async fn a_hit_path_that_does_not_open_is_not_tried_on_every_request() {
+    // The faulty hit path refuses to open over a tier of this name.
+    let cache = faulty_cache_over("fault:open", |b| b).await;
+    let origin = Origin::new([Reply::Body("v", Bytes::from("served"))]);
+    for _ in 0..50 {
+        let body = read_on_shard(&cache, "k", origin.clone()).await;
+        assert_eq!(body, Bytes::from("served"));
+    }
+    assert_eq!(origin.calls(), 1, "the engine served the hits");
+    assert_eq!(cache.hit_path_answers(), 0);
+    assert_eq!(cache.hit_path_faults(), 0);
+    // Opened when the shard started, then at most once a second after.
+    let failures = cache.hit_path_open_failures();
+    assert!((1..=3).contains(&failures), "{failures} attempts to open");
 }
 
 #[tokio::test]
@@ -759,6 +778,16 @@ async fn on_shard<T: Send + 'static>(
     task: impl std::future::Future<Output = T> + Send + 'static,
 ) -> T {
     cache.shard_runtimes()[0].spawn(task).await.unwrap()
+}
+
+/// The body a get of `key` answers on the first shard's thread.
+async fn read_on_shard(cache: &Cache, key: &'static str, origin: Origin) -> Bytes {
+    let c = cache.clone();
+    on_shard(cache, async move {
+        read(c.get(key, origin).await.unwrap()).await
+    })
+    .await
+    .unwrap()
 }
 
 #[tokio::test]
