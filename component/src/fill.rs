@@ -25,6 +25,14 @@ pub type Chunk = Rc<Vec<u8>>;
 /// source is paused.
 pub const LAG_LIMIT: u64 = 1 << 20;
 
+/// Bytes all readers of one fill should hold copied out at once (see
+/// [`FillReader::copy_slice`]).
+pub const COPY_BUDGET: usize = 8 << 20;
+/// The smallest slice a reader copies out, however many readers there are.
+pub const COPY_SLICE_MIN: usize = 4 << 10;
+/// The largest slice a reader copies out.
+pub const COPY_SLICE_MAX: usize = 64 << 10;
+
 /// One in-flight fill, shared by its pump and its readers.
 pub struct Fill {
     meta: Metadata,
@@ -271,6 +279,17 @@ impl FillReader {
         .await
     }
 
+    /// How many bytes of a chunk this reader should copy out at a time:
+    /// [`COPY_BUDGET`] shared among the fill's readers, within
+    /// [`COPY_SLICE_MIN`] and [`COPY_SLICE_MAX`]. A reader that copies a
+    /// chunk out (to a stream of its own) holds that copy until its
+    /// consumer takes it, so a thousand readers of one fill, woken by one
+    /// chunk, would otherwise hold a thousand copies of it at once (and
+    /// linear memory, once grown, stays grown).
+    pub fn copy_slice(&self) -> usize {
+        (COPY_BUDGET / self.fill.readers().max(1)).clamp(COPY_SLICE_MIN, COPY_SLICE_MAX)
+    }
+
     /// After `next` returned `None`: wait until the fill is settled (its
     /// entry committed or dropped), so that a caller who read a body to
     /// its end finds the entry published.
@@ -287,5 +306,26 @@ impl Drop for FillReader {
             s.trim();
             s.wake_pump();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readers_of_one_fill_share_a_copy_budget() {
+        let fill = Fill::new(Metadata::default(), 1 << 20);
+        let many = 2 * COPY_BUDGET / COPY_SLICE_MIN;
+        let mut readers: Vec<FillReader> = (0..many).map(|_| fill.join().unwrap()).collect();
+        assert_eq!(readers[0].copy_slice(), COPY_SLICE_MIN);
+        readers.truncate(1000);
+        assert_eq!(readers[0].copy_slice(), COPY_BUDGET / 1000);
+        assert!(readers[0].copy_slice() > COPY_SLICE_MIN);
+        readers.truncate(128);
+        assert_eq!(readers[0].copy_slice(), COPY_SLICE_MAX);
+        assert_eq!(readers[0].copy_slice(), COPY_SLICE_MAX);
+        readers.truncate(1);
+        assert_eq!(readers[0].copy_slice(), COPY_SLICE_MAX);
     }
 }

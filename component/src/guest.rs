@@ -368,7 +368,15 @@ fn stream_fill(
         let result = loop {
             match reader.next().await {
                 Some(Ok(chunk)) => {
-                    if !tx.write_all(chunk.to_vec()).await.is_empty() {
+                    let mut rest: &[u8] = &chunk;
+                    let mut closed = false;
+                    while !rest.is_empty() && !closed {
+                        let at = rest.len().min(reader.copy_slice());
+                        let (slice, after) = rest.split_at(at);
+                        rest = after;
+                        closed = !tx.write_all(slice.to_vec()).await.is_empty();
+                    }
+                    if closed {
                         break Err(crate::Error::Other("the reader closed the body".into()));
                     }
                 }

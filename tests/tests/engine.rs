@@ -307,26 +307,46 @@ fn body_chunk() -> Bytes {
     Bytes::from(vec![42u8; 64 * 1024])
 }
 
+/// `n` concurrent gets of `key`, released together; their bodies.
+async fn herd(cache: &Cache, key: &'static str, origin: &Origin, n: usize) -> Vec<Bytes> {
+    let barrier = Arc::new(tokio::sync::Barrier::new(n));
+    let readers: Vec<_> = (0..n)
+        .map(|_| {
+            let (cache, origin, barrier) = (cache.clone(), origin.clone(), Arc::clone(&barrier));
+            tokio::spawn(async move {
+                barrier.wait().await;
+                read(cache.get(key, origin).await?).await
+            })
+        })
+        .collect();
+    let mut bodies = Vec::new();
+    for reader in readers {
+        bodies.push(reader.await.unwrap().unwrap());
+    }
+    bodies
+}
+
+#[tokio::test]
+async fn a_thousand_readers_of_one_fill_stay_within_a_small_guest_memory_cap() {
+    // Each reader copies the fill's chunks out to a stream of its own: a
+    // thousand readers, all woken by one 64 KiB chunk, would hold 64 MiB
+    // of copies at once, more than this cap, unless they share a budget.
+    let (cache, _) = cache_with(1, |b| b.shards(1).memory_limit(48 << 20)).await;
+    let data = body(1 << 20);
+    let origin = Origin::new([Reply::Body("v", data.clone())]).delayed(Duration::from_millis(300));
+    for body in herd(&cache, "herd", &origin, 1000).await {
+        assert_eq!(body, data);
+    }
+    assert_eq!(origin.calls(), 1);
+}
+
 #[tokio::test]
 async fn hundred_and_fifty_concurrent_misses_fetch_once_and_share_the_bytes() {
     let (cache, tiers) = cache_with(2, |b| b).await;
     let data = body(1 << 20);
     let origin = Origin::new([Reply::Body("v", data.clone())]).delayed(Duration::from_millis(200));
-    let barrier = Arc::new(tokio::sync::Barrier::new(150));
-    let mut readers = Vec::new();
-    for _ in 0..150 {
-        let (cache, origin, barrier) = (cache.clone(), origin.clone(), Arc::clone(&barrier));
-        readers.push(tokio::spawn(async move {
-            barrier.wait().await;
-            read(cache.get("thundering-herd", origin).await?).await
-        }));
-    }
-    for reader in readers {
-        assert_eq!(
-            reader.await.unwrap().unwrap(),
-            data,
-            "every reader gets the full, identical body"
-        );
+    for body in herd(&cache, "thundering-herd", &origin, 150).await {
+        assert_eq!(body, data, "every reader gets the full, identical body");
     }
     assert_eq!(origin.calls(), 1);
     assert_eq!(stat(&tiers[0], "thundering-herd").await.unwrap().tag, "v");
