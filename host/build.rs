@@ -15,8 +15,13 @@ fn main() {
         env::var("DARAMJWEE_COMPONENT_WASM"),
         env::var("DARAMJWEE_HIT_PATH_WASM"),
     ) {
-        println!("cargo:rustc-env=DARAMJWEE_COMPONENT_WASM={engine}");
-        println!("cargo:rustc-env=DARAMJWEE_HIT_PATH_WASM={hit_path}");
+        for (var, path) in [
+            ("DARAMJWEE_COMPONENT_WASM", &engine),
+            ("DARAMJWEE_HIT_PATH_WASM", &hit_path),
+        ] {
+            println!("cargo:rerun-if-changed={path}");
+            embed(var, Path::new(path));
+        }
         return;
     }
     let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("set by cargo"));
@@ -62,8 +67,21 @@ fn main() {
         let built = build_component(root, &out.join(dir), features);
         let kept = out.join(name);
         std::fs::copy(&built, &kept).expect("cannot copy the built component");
-        println!("cargo:rustc-env={var}={}", kept.display());
+        embed(var, &kept);
     }
+}
+
+/// Hands the component file at `path` to the crate as `var`, and a digest
+/// of its bytes as `{var}_DIGEST` (16 hex digits), so the binary can name
+/// its compiled form without reading the component at every start.
+fn embed(var: &str, path: &Path) {
+    use std::hash::{DefaultHasher, Hasher};
+    let bytes = std::fs::read(path)
+        .unwrap_or_else(|e| panic!("cannot read the component {}: {e}", path.display()));
+    let mut h = DefaultHasher::new();
+    h.write(&bytes);
+    println!("cargo:rustc-env={var}={}", path.display());
+    println!("cargo:rustc-env={var}_DIGEST={:016x}", h.finish());
 }
 
 /// Build the engine component into `target_dir`, returning its path.

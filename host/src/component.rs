@@ -19,6 +19,20 @@ use crate::{bindings, hit_path};
 /// carried inside the binary.
 pub static EMBEDDED_COMPONENT: &[u8] = include_bytes!(env!("DARAMJWEE_COMPONENT_WASM"));
 
+/// A digest of a component carried in the binary, made when it was built
+/// (`build.rs`): naming its compiled form needs no pass over its bytes,
+/// which then stay unread (and out of memory) once it has been compiled.
+pub(crate) fn embedded_digest(hex: &str) -> u64 {
+    u64::from_str_radix(hex, 16).expect("build.rs writes 16 hex digits")
+}
+
+/// A digest of component bytes known only at run time.
+fn digest(wasm: &[u8]) -> u64 {
+    let mut h = DefaultHasher::new();
+    h.write(wasm);
+    h.finish()
+}
+
 /// An engine that traps, loops or exhausts its memory on the keys
 /// `fault:trap`, `fault:loop` and `fault:oom`: for fault-isolation tests.
 #[cfg(feature = "fault-injection")]
@@ -104,13 +118,17 @@ pub(crate) fn load(source: &ComponentSource, cache_dir: Option<&Path>) -> Result
             })?
             .into(),
     };
+    let wasm_digest = match source {
+        ComponentSource::Embedded => embedded_digest(env!("DARAMJWEE_COMPONENT_WASM_DIGEST")),
+        _ => digest(&bytes),
+    };
     let rt = runtime()?;
-    let key = compile_key(&rt.engine, &bytes);
+    let key = compile_key(&rt.engine, wasm_digest);
     let mut loaded = LOADED.get_or_init(Mutex::default).lock().expect("lock");
     if let Some(found) = loaded.get(&key) {
         return Ok(Arc::clone(found));
     }
-    let component = compile(&rt.engine, &bytes, cache_dir)?;
+    let component = compile(&rt.engine, &bytes, wasm_digest, cache_dir)?;
     let mut linker = Linker::<HostState>::new(&rt.engine);
     let engine_err = |e: wasmtime::Error| Error::Engine(format!("{e:?}"));
     wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(engine_err)?;
@@ -121,11 +139,11 @@ pub(crate) fn load(source: &ComponentSource, cache_dir: Option<&Path>) -> Result
         .and_then(bindings::EnginePre::new)
         .map_err(|e| Error::InvalidConfig(format!("component: not a daramjwee engine: {e:?}")))?;
     let hit_path = match source {
-        ComponentSource::Embedded => Some(hit_path::load(hit_path::EMBEDDED, cache_dir)?),
+        ComponentSource::Embedded => Some(hit_path::load(&hit_path::EMBEDDED, cache_dir)?),
         // The faulty engine of the isolation tests comes with its hit path.
         #[cfg(feature = "fault-injection")]
         ComponentSource::Bytes(b) if b.as_ref() == FAULTY_COMPONENT => {
-            Some(hit_path::load(hit_path::FAULTY, cache_dir)?)
+            Some(hit_path::load(&hit_path::FAULTY, cache_dir)?)
         }
         _ => None,
     };
@@ -134,22 +152,24 @@ pub(crate) fn load(source: &ComponentSource, cache_dir: Option<&Path>) -> Result
     Ok(found)
 }
 
-/// What identifies `wasm` compiled by `engine`.
-fn compile_key(engine: &wasmtime::Engine, wasm: &[u8]) -> u64 {
+/// What identifies the component whose digest is `wasm_digest` compiled
+/// by `engine`.
+fn compile_key(engine: &wasmtime::Engine, wasm_digest: u64) -> u64 {
     let mut h = DefaultHasher::new();
-    wasm.hash(&mut h);
+    wasm_digest.hash(&mut h);
     engine.precompile_compatibility_hash().hash(&mut h);
     h.finish()
 }
 
-/// Compile `wasm` for `engine`, through the compiled form stored in
-/// `cache_dir` when there is one.
+/// Compile `wasm` (whose digest is `wasm_digest`) for `engine`, through
+/// the compiled form stored in `cache_dir` when there is one.
 pub(crate) fn compile(
     engine: &wasmtime::Engine,
     wasm: &[u8],
+    wasm_digest: u64,
     cache_dir: Option<&Path>,
 ) -> Result<Component> {
-    let key = compile_key(engine, wasm);
+    let key = compile_key(engine, wasm_digest);
     let fresh = || {
         Component::new(engine, wasm)
             .map_err(|e| Error::InvalidConfig(format!("component: cannot compile: {e:?}")))

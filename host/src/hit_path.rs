@@ -38,12 +38,25 @@ use bindings::daramjwee::cache::whole_store;
 /// The hit-path component built from this repository's `component/`
 /// crate (feature `hit-path`), carried inside the binary. It runs only
 /// beside the embedded engine, whose rules it shares.
-pub(crate) static EMBEDDED: &[u8] = include_bytes!(env!("DARAMJWEE_HIT_PATH_WASM"));
+pub(crate) static EMBEDDED: Wasm = Wasm {
+    bytes: include_bytes!(env!("DARAMJWEE_HIT_PATH_WASM")),
+    digest: env!("DARAMJWEE_HIT_PATH_WASM_DIGEST"),
+};
+
+/// A hit-path component carried in the binary, and the digest `build.rs`
+/// made of it.
+pub(crate) struct Wasm {
+    bytes: &'static [u8],
+    digest: &'static str,
+}
 
 /// The hit path that traps, loops or exhausts its memory on the keys
 /// `fault:trap`, `fault:loop` and `fault:oom`, beside the faulty engine.
 #[cfg(feature = "fault-injection")]
-pub(crate) static FAULTY: &[u8] = include_bytes!(env!("DARAMJWEE_FAULTY_HIT_PATH_WASM"));
+pub(crate) static FAULTY: Wasm = Wasm {
+    bytes: include_bytes!(env!("DARAMJWEE_FAULTY_HIT_PATH_WASM")),
+    digest: env!("DARAMJWEE_FAULTY_HIT_PATH_WASM_DIGEST"),
+};
 
 impl whole_store::Host for HostState {}
 
@@ -71,16 +84,17 @@ pub(crate) type Pre = bindings::HitPathPre<HostState>;
 
 /// Load a hit path carried in the binary, compiled at most once per
 /// process (and, with `cache_dir`, once per machine).
-pub(crate) fn load(wasm: &'static [u8], cache_dir: Option<&std::path::Path>) -> Result<Arc<Pre>> {
+pub(crate) fn load(wasm: &'static Wasm, cache_dir: Option<&std::path::Path>) -> Result<Arc<Pre>> {
     type Loaded = std::sync::Mutex<Vec<(usize, Arc<Pre>)>>;
     static LOADED: std::sync::OnceLock<Loaded> = std::sync::OnceLock::new();
     let mut loaded = LOADED.get_or_init(Loaded::default).lock().expect("lock");
-    let id = wasm.as_ptr() as usize;
+    let id = wasm.bytes.as_ptr() as usize;
     if let Some((_, pre)) = loaded.iter().find(|(at, _)| *at == id) {
         return Ok(Arc::clone(pre));
     }
     let engine = &runtime()?.sync_engine;
-    let component = component::compile(engine, wasm, cache_dir)?;
+    let digest = component::embedded_digest(wasm.digest);
+    let component = component::compile(engine, wasm.bytes, digest, cache_dir)?;
     let mut linker = Linker::<HostState>::new(engine);
     let engine_err = |e: wasmtime::Error| Error::Engine(format!("hit path: {e:?}"));
     wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(engine_err)?;
