@@ -198,11 +198,21 @@ enum Step<R: Runtime> {
 }
 
 /// Where a fill writes and what it schedules after committing.
+/// Which tiers a fill may be written to: the first of tiers `0..within`
+/// that admits `size` bytes, or tier 0 when the size is unknown.
+#[derive(Clone, Copy)]
+struct Placement {
+    size: Option<u64>,
+    within: usize,
+}
+
 struct FillPlan<R: Runtime> {
     key: String,
     generation: u64,
     sinks: Vec<R::Sink>,
-    /// Tiers to copy the entry into after the commit, from tier 0.
+    /// The tier the sinks write (the first: a copy writes several).
+    written: u32,
+    /// Tiers to copy the entry into after the commit, from `written`.
     copy_after: Vec<u32>,
     /// Abort unless some reader reads the body to its end.
     needs_reader: bool,
@@ -465,14 +475,14 @@ impl<R: Runtime> Inner<R> {
         }
     }
 
-    fn submit_copy(&self, key: &str, generation: u64, targets: Vec<u32>) {
+    fn submit_copy(&self, key: &str, generation: u64, source: u32, targets: Vec<u32>) {
         if targets.is_empty() {
             return;
         }
         let job = Job {
             key: key.to_owned(),
             generation,
-            kind: JobKind::Copy { source: 0, targets },
+            kind: JobKind::Copy { source, targets },
         };
         let _ = self.rt.submit(job, None);
     }
@@ -526,11 +536,16 @@ impl<R: Runtime> Inner<R> {
                 return self.join(&flight, inm).await;
             }
             let lead = self.lead(key);
+            let place = Placement {
+                size: Some(entry.size),
+                within: i,
+            };
             let plan = self
                 .plan(
                     key,
                     generation,
                     &entry.meta,
+                    place,
                     self.lower_tiers(1, i),
                     true,
                     dirty,
@@ -566,7 +581,7 @@ impl<R: Runtime> Inner<R> {
                 let meta = Metadata::negative_at(self.rt.now_ms());
                 if !dirty {
                     self.write_negative(key, generation, &meta, 0..1).await;
-                    self.submit_copy(key, generation, all_lower);
+                    self.submit_copy(key, generation, 0, all_lower);
                 }
                 lead.answer(Answer::NotFound(meta.clone()));
                 Ok(Step::Done(Response::without_body(
@@ -597,11 +612,16 @@ impl<R: Runtime> Inner<R> {
                 };
                 let mut meta = entry.meta;
                 meta.cached_at = Some(self.rt.now_ms());
+                let place = Placement {
+                    size: Some(entry.size),
+                    within: i + 1,
+                };
                 self.serve_fill(
                     key,
                     generation,
                     meta,
                     entry.body,
+                    place,
                     Vec::new(),
                     dirty,
                     inm,
@@ -614,17 +634,23 @@ impl<R: Runtime> Inner<R> {
                 mut meta,
                 body,
                 no_store,
+                size,
             } => {
                 meta.cached_at = Some(self.rt.now_ms());
                 meta.negative = false;
                 // A body the origin forbids storing is served like a dirty
                 // request's: no sink, so no commit and no copy.
                 let copy_after = if no_store { Vec::new() } else { all_lower };
+                let place = Placement {
+                    size,
+                    within: self.tiers.len(),
+                };
                 self.serve_fill(
                     key,
                     generation,
                     meta,
                     body,
+                    place,
                     copy_after,
                     dirty || no_store,
                     inm,
@@ -693,6 +719,7 @@ impl<R: Runtime> Inner<R> {
         generation: u64,
         meta: Metadata,
         body: R::Body,
+        place: Placement,
         copy_after: Vec<u32>,
         dirty: bool,
         inm: Option<&str>,
@@ -701,7 +728,7 @@ impl<R: Runtime> Inner<R> {
     ) -> Result<Step<R>> {
         let matched = inm.is_some_and(|inm| if_none_match(inm, &meta.tag));
         let plan = self
-            .plan(key, generation, &meta, copy_after, !matched, dirty)
+            .plan(key, generation, &meta, place, copy_after, !matched, dirty)
             .await;
         let answer_meta = meta.clone();
         let reader = self.start_fill(meta, body, plan, Some(lead));
@@ -750,25 +777,48 @@ impl<R: Runtime> Inner<R> {
         }
     }
 
-    /// Open the tier-0 sink of a fill (none for dirty requests or when
-    /// tier 0 refuses; the body is still served).
+    /// The tier a fill is written to: the first of `place.within` that
+    /// admits its size, tier 0 when the size is unknown.
+    fn place(&self, key: &str, place: Placement) -> Option<usize> {
+        let tiers = &self.tiers[..place.within];
+        match place.size {
+            None => (!tiers.is_empty()).then_some(0),
+            Some(size) => tiers.iter().position(|t| t.admits(key, size)),
+        }
+    }
+
+    /// Open the sink of a fill in the tier `place` picks (none for dirty
+    /// requests, or when no tier admits it or the tier refuses; the body
+    /// is still served), copying to the tiers of `copy_after` below it.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "each names one part of the fill's plan"
+    )]
     async fn plan(
         &self,
         key: &str,
         generation: u64,
         meta: &Metadata,
-        copy_after: Vec<u32>,
+        place: Placement,
+        mut copy_after: Vec<u32>,
         needs_reader: bool,
         dirty: bool,
     ) -> FillPlan<R> {
         let mut sinks = Vec::new();
-        if !dirty && let Ok(sink) = self.tiers[0].begin_write(key, meta).await {
+        let mut written = 0;
+        if !dirty
+            && let Some(top) = self.place(key, place)
+            && let Ok(sink) = self.tiers[top].begin_write(key, meta).await
+        {
             sinks.push(sink);
+            written = top as u32;
         }
+        copy_after.retain(|&t| t > written);
         FillPlan {
             key: key.to_owned(),
             generation,
             sinks,
+            written,
             copy_after,
             needs_reader,
             flight: None,
@@ -808,6 +858,7 @@ impl<R: Runtime> Inner<R> {
             key,
             generation,
             mut sinks,
+            written,
             copy_after,
             needs_reader,
             flight,
@@ -837,7 +888,7 @@ impl<R: Runtime> Inner<R> {
                 committed &= sink.commit().await.is_ok();
             }
             if committed {
-                self.submit_copy(&key, generation, copy_after);
+                self.submit_copy(&key, generation, written, copy_after);
             }
         }
         fill.settle();
@@ -881,7 +932,7 @@ impl<R: Runtime> Inner<R> {
             Fetched::NotFound => {
                 let meta = Metadata::negative_at(self.rt.now_ms());
                 self.write_negative(key, generation, &meta, 0..1).await;
-                self.submit_copy(key, generation, all_lower);
+                self.submit_copy(key, generation, 0, all_lower);
                 Ok(())
             }
             Fetched::NotModified => {
@@ -893,7 +944,11 @@ impl<R: Runtime> Inner<R> {
                 };
                 let mut meta = entry.meta;
                 meta.cached_at = Some(self.rt.now_ms());
-                self.background_fill(key, generation, meta, entry.body, Vec::new())
+                let place = Placement {
+                    size: Some(entry.size),
+                    within: i + 1,
+                };
+                self.background_fill(key, generation, meta, entry.body, place, Vec::new())
                     .await
             }
             // Nothing to store; the held copy stays as it was.
@@ -902,29 +957,42 @@ impl<R: Runtime> Inner<R> {
                 mut meta,
                 body,
                 no_store: false,
+                size,
             } => {
                 meta.cached_at = Some(self.rt.now_ms());
                 meta.negative = false;
-                self.background_fill(key, generation, meta, body, all_lower)
+                let place = Placement {
+                    size,
+                    within: self.tiers.len(),
+                };
+                self.background_fill(key, generation, meta, body, place, all_lower)
                     .await
             }
         }
     }
 
-    /// Write `body` to tier 0 with nobody reading, then schedule the copy.
+    /// Write `body` with nobody reading to the tier `place` picks (none
+    /// when no tier admits it), then schedule the copy.
     async fn background_fill(
         &self,
         key: &str,
         generation: u64,
         meta: Metadata,
         body: R::Body,
-        copy_after: Vec<u32>,
+        place: Placement,
+        mut copy_after: Vec<u32>,
     ) -> Result<()> {
-        let sink = self.tiers[0].begin_write(key, &meta).await?;
+        let Some(top) = self.place(key, place) else {
+            return Ok(());
+        };
+        let sink = self.tiers[top].begin_write(key, &meta).await?;
+        let written = top as u32;
+        copy_after.retain(|&t| t > written);
         let plan = FillPlan {
             key: key.to_owned(),
             generation,
             sinks: vec![sink],
+            written,
             copy_after,
             needs_reader: false,
             flight: None,
@@ -954,6 +1022,7 @@ impl<R: Runtime> Inner<R> {
             key: key.to_owned(),
             generation,
             sinks,
+            written: source,
             copy_after: Vec::new(),
             needs_reader: false,
             flight: None,

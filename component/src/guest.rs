@@ -122,6 +122,10 @@ impl crate::Tier for store::Tier {
         Ok(entry.map(|e| (e.meta.into(), e.body)))
     }
 
+    fn admits(&self, key: &str, size: u64) -> bool {
+        store::Tier::admits(self, key, size)
+    }
+
     async fn stat(&self, key: &str) -> crate::Result<Option<crate::Metadata>> {
         Ok(store::Tier::stat(self, key.to_owned())
             .await?
@@ -152,6 +156,7 @@ impl crate::Origin for origin::Fetcher {
                     meta: f.meta.into(),
                     body: GuestBody::new(f.body, None, Some(f.complete)),
                     no_store: f.no_store,
+                    size: f.size,
                 },
                 origin::FetchResult::NotModified => Fetched::NotModified,
                 origin::FetchResult::NotFound => Fetched::NotFound,

@@ -54,6 +54,12 @@ pub trait Tier: 'static {
         let _ = key;
         Ok(None)
     }
+    /// Whether the tier would keep an entry of `size` bytes for `key`;
+    /// tiers that keep entries of any size keep this default.
+    fn admits(&self, key: &str, size: u64) -> bool {
+        let _ = (key, size);
+        true
+    }
     /// Metadata of `key` without the body.
     fn stat(&self, key: &str) -> impl Future<Output = Result<Option<Metadata>>>;
     /// Start writing `key`.
@@ -72,6 +78,9 @@ pub enum Fetched<B> {
         body: B,
         /// Stream it, but write it to no tier (HTTP `no-store`).
         no_store: bool,
+        /// The body's length when known in advance: it is written to the
+        /// first tier that admits it.
+        size: Option<u64>,
     },
     /// The copy we hold is still good.
     NotModified,

@@ -249,6 +249,7 @@ impl native::Origin for NativeOrigin {
                 at: 0,
             },
             no_store: false,
+            size: None,
         })
     }
 }

@@ -20,6 +20,12 @@ pub enum FetchResult {
         body: ByteStream,
         /// Serve the body but store it in no tier (HTTP `no-store`).
         no_store: bool,
+        /// The body's length when known in advance (HTTP
+        /// `Content-Length`): the body is written to the first tier that
+        /// admits an entry of this size (see [`crate::Tier::admits`]).
+        /// Unknown, it goes to tier 0, which drops it if it turns out too
+        /// large.
+        size: Option<u64>,
     },
     /// The copy the cache holds (whose metadata was passed in) is good.
     NotModified,
@@ -33,6 +39,7 @@ impl FetchResult {
         let body: Bytes = body.into();
         FetchResult::Body {
             meta,
+            size: Some(body.len() as u64),
             body: Box::pin(futures::stream::iter(
                 (!body.is_empty()).then_some(Ok(body)),
             )),

@@ -894,6 +894,15 @@ impl Tier for FileStore {
         self.inner.name.clone()
     }
 
+    fn admits(&self, key: &str, size: u64) -> bool {
+        let index = lock(&self.inner.index);
+        // The file also holds the key and the metadata: charged at least
+        // the body and the key, the commit still checks the whole file.
+        index.policy.as_ref().is_none_or(|policy| {
+            policy.admits(&key_hash(key), size.saturating_add(key.len() as u64))
+        })
+    }
+
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<TierEntry>>> {
         async move {
             let opened = self.inner.lookup(key, true).await?;

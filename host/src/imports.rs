@@ -131,6 +131,15 @@ impl store::HostTier for HostState {
         self.get_whole(&self_, &key)
     }
 
+    fn admits(
+        &mut self,
+        self_: Resource<TierRes>,
+        key: String,
+        size: u64,
+    ) -> wasmtime::Result<bool> {
+        Ok(self.table.get(&self_)?.0.admits(&key, size))
+    }
+
     fn drop(&mut self, rep: Resource<TierRes>) -> wasmtime::Result<()> {
         self.table.delete(rep)?;
         Ok(())
@@ -255,6 +264,7 @@ impl origin::HostFetcherWithStore<HostState> for HostState {
                 meta,
                 body,
                 no_store,
+                size,
             } => {
                 let (done_tx, done_rx) = oneshot::channel();
                 let (body, complete) = accessor.with(|mut a| -> wasmtime::Result<_> {
@@ -272,6 +282,7 @@ impl origin::HostFetcherWithStore<HostState> for HostState {
                     body,
                     complete,
                     no_store,
+                    size,
                 })
             }
         }))

@@ -281,6 +281,16 @@ impl Tier for MemoryStore {
         self.inner.name.clone()
     }
 
+    fn admits(&self, key: &str, size: u64) -> bool {
+        let Some(policy) = &self.shard(key).policy else {
+            return true;
+        };
+        // Charged as an entry without metadata: the sink still stops a
+        // body that, with its metadata, turns out too large.
+        let charged = charge(key, &Metadata::default(), size);
+        lock(policy).admits(&Arc::from(key), charged)
+    }
+
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<TierEntry>>> {
         let found = self.lookup(key).map(|stored| {
             let body = stored.body.clone();

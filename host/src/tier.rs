@@ -46,6 +46,15 @@ pub trait Tier: Send + Sync + 'static {
         let _ = key;
         Ok(None)
     }
+    /// Whether the store would keep an entry of `size` body bytes for
+    /// `key` (its capacity and eviction policy admit it). The engine
+    /// writes a body whose size the origin states to the first tier that
+    /// would. Must not block; stores that keep entries of any size keep
+    /// this default.
+    fn admits(&self, key: &str, size: u64) -> bool {
+        let _ = (key, size);
+        true
+    }
     /// The metadata of `key` without its body.
     fn stat<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Metadata>>>;
     /// Start writing `key`.

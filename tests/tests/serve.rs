@@ -107,6 +107,36 @@ async fn cold_miss_then_hit_calls_the_origin_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_too_large_for_the_memory_tier_is_kept_in_the_file_tier() {
+    let origin = Origin::start().await;
+    let big = "large ".repeat(40_000);
+    origin.route("/big", Route::ok("v1", &big));
+    origin.route("/small", Route::ok("v1", "small"));
+    let dir = tempfile::tempdir().unwrap();
+    // S3-FIFO keeps nothing of a tenth of a shard's capacity or more.
+    let file_tier = format!("file:{}", dir.path().display());
+    let server = proxy(&origin, |c| {
+        c.tiers = vec!["mem:1MiB:s3fifo".into(), file_tier];
+    })
+    .await;
+    let first = get(&server, "/big").await;
+    assert_eq!(first.body, big.as_str());
+    assert_eq!(
+        first.cache_status,
+        "daramjwee; fwd=miss; fwd-status=200; stored"
+    );
+    let second = get(&server, "/big").await;
+    assert_eq!(second.body, big.as_str());
+    assert_eq!(second.cache_status, "daramjwee; hit; detail=tier1");
+    assert_eq!(origin.hits("/big"), 1);
+    // A small body still lands in memory first.
+    get(&server, "/small").await;
+    let again = get(&server, "/small").await;
+    assert_eq!(again.cache_status, "daramjwee; hit; detail=tier0");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_if_none_match_gets_304_without_a_body() {
     let origin = Origin::start().await;
     origin.route("/a", Route::ok("v1", "hello"));

@@ -572,6 +572,44 @@ async fn a_directory_in_use_cannot_be_opened_twice() {
     FileStore::open("again", dir.path()).expect("free again");
 }
 
+#[tokio::test]
+async fn stores_say_which_sizes_they_would_keep() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let unbounded: Vec<Arc<dyn Tier>> = vec![
+        Arc::new(MemoryStore::new("m")),
+        Arc::new(FileStore::open("f", dir.path().join("unbounded")).expect("open")),
+    ];
+    for store in &unbounded {
+        assert!(store.admits("k", u64::MAX / 2), "{}", store.name());
+    }
+    for policy in POLICIES {
+        let bounded: Vec<Arc<dyn Tier>> = vec![
+            Arc::new(MemoryStore::with_capacity("m", 100_000, policy)),
+            Arc::new(
+                FileStore::builder(dir.path().join(format!("{policy:?}")))
+                    .capacity(100_000, policy)
+                    .open("f")
+                    .expect("open"),
+            ),
+        ];
+        for store in &bounded {
+            let name = store.name();
+            assert!(store.admits("k", 1_000), "{name} {policy:?}");
+            assert!(!store.admits("k", 200_000), "{name} {policy:?}");
+            // What the store says it would not keep, it does not keep.
+            put(
+                store.as_ref(),
+                "big",
+                Metadata::default(),
+                &body(1, 200_000),
+                1000,
+            )
+            .await;
+            assert!(store.get("big").await.expect("get").is_none(), "{name}");
+        }
+    }
+}
+
 fn file_size(key: &str, body_len: usize) -> u64 {
     // Header, key, metadata (`Metadata::default()` encodes to 12 bytes), body.
     (32 + key.len() + 12 + body_len) as u64

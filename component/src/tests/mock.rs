@@ -91,6 +91,8 @@ pub struct MockTier {
     pub gets: Rc<Cell<usize>>,
     /// Whether `get_whole` answers (a tier holding its entries in memory).
     pub in_memory: Rc<Cell<bool>>,
+    /// The largest entry `admits` accepts; `None` accepts any.
+    pub max_entry: Rc<Cell<Option<u64>>>,
 }
 
 impl MockTier {
@@ -101,6 +103,7 @@ impl MockTier {
             fail_gets: Rc::default(),
             gets: Rc::default(),
             in_memory: Rc::new(Cell::new(true)),
+            max_entry: Rc::default(),
         }
     }
 
@@ -172,6 +175,10 @@ impl Tier for MockTier {
         Ok(self.entries.borrow().get(key).cloned())
     }
 
+    fn admits(&self, _key: &str, size: u64) -> bool {
+        self.max_entry.get().is_none_or(|max| size <= max)
+    }
+
     async fn stat(&self, key: &str) -> Result<Option<Metadata>> {
         Ok(self.meta(key))
     }
@@ -217,6 +224,8 @@ pub struct OriginState {
     pub gate: RefCell<Option<Rc<Gate>>>,
     /// Never answer.
     pub stall: Cell<bool>,
+    /// State each body's length in advance.
+    pub sized: Cell<bool>,
 }
 
 #[derive(Clone, Default)]
@@ -227,6 +236,12 @@ impl MockOrigin {
         let origin = MockOrigin::default();
         origin.0.replies.borrow_mut().extend(replies);
         origin
+    }
+
+    /// An origin that states each body's length in advance.
+    pub fn sized(self) -> Self {
+        self.0.sized.set(true);
+        self
     }
 
     pub fn gated(self, gate: &Rc<Gate>) -> Self {
@@ -261,6 +276,7 @@ impl Origin for MockOrigin {
                 data,
                 fail_at_end,
             } => {
+                let size = self.0.sized.get().then_some(data.len() as u64);
                 let mut body = MockBody::new(&data, 4);
                 body.fail_at_end = fail_at_end;
                 body.gate = gate;
@@ -272,6 +288,7 @@ impl Origin for MockOrigin {
                     meta,
                     body,
                     no_store: false,
+                    size,
                 })
             }
             Reply::NoStore { tag, data } => {
@@ -285,6 +302,7 @@ impl Origin for MockOrigin {
                     meta,
                     body,
                     no_store: true,
+                    size: None,
                 })
             }
             Reply::NotModified => {

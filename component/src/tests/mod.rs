@@ -57,6 +57,53 @@ fn lower_tier_hit_promotes_while_streaming() {
 }
 
 #[test]
+fn a_body_of_known_size_goes_to_the_first_tier_that_admits_it() {
+    let mut h = Harness::new(3);
+    h.tiers[0].max_entry.set(Some(8));
+    let origin = MockOrigin::replying([body("v", b"larger than eight")]).sized();
+    let r = h.get("k", &origin).unwrap();
+    assert_eq!(h.run(read_body(r.body)).unwrap(), b"larger than eight");
+    assert!(h.tiers[0].body("k").is_none(), "tier 0 does not keep it");
+    assert_eq!(h.tiers[1].body("k").unwrap(), b"larger than eight");
+    // The tiers below the one written are copied from it.
+    assert_eq!(h.run_jobs(), 1);
+    assert_eq!(h.tiers[2].body("k").unwrap(), b"larger than eight");
+    let r = h.get("k", &origin).unwrap();
+    assert_eq!(r.source, Source::Tier(1));
+    assert_eq!(h.run(read_body(r.body)).unwrap(), b"larger than eight");
+    assert!(h.tiers[0].body("k").is_none(), "nor is it promoted there");
+    assert_eq!(origin.calls(), 1);
+}
+
+#[test]
+fn a_body_no_tier_admits_is_served_and_stored_nowhere() {
+    let mut h = Harness::new(2);
+    for tier in &h.tiers {
+        tier.max_entry.set(Some(4));
+    }
+    let origin = MockOrigin::replying([body("v", b"too large"), body("v", b"too large")]).sized();
+    for _ in 0..2 {
+        let r = h.get("k", &origin).unwrap();
+        assert_eq!(r.source, Source::Origin);
+        assert_eq!(h.run(read_body(r.body)).unwrap(), b"too large");
+        assert_eq!(h.run_jobs(), 0);
+    }
+    assert!(h.tiers.iter().all(|t| t.body("k").is_none()));
+    assert_eq!(origin.calls(), 2);
+}
+
+#[test]
+fn a_body_of_unknown_size_goes_to_tier_0_as_before() {
+    let mut h = Harness::new(2);
+    h.tiers[0].max_entry.set(Some(4));
+    let origin = MockOrigin::replying([body("v", b"unsized")]);
+    let r = h.get("k", &origin).unwrap();
+    h.run(read_body(r.body)).unwrap();
+    // The mock tier's sink does not enforce the limit: tier 0 was asked.
+    assert_eq!(h.tiers[0].body("k").unwrap(), b"unsized");
+}
+
+#[test]
 fn stale_hit_is_served_at_once_and_refreshed_once() {
     let mut h = Harness::new(1);
     let origin = MockOrigin::replying([body("v1", b"old"), body("v2", b"new")]);

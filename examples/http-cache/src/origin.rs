@@ -128,6 +128,7 @@ impl Origin for HttpOrigin {
                         read: 0,
                     },
                     no_store: control.no_store,
+                    size: expected,
                 })
             }
             other => Err(Error::Origin(format!(

@@ -108,6 +108,10 @@ impl Fetcher for HttpOrigin {
                 meta.fresh_for = fresh.map(Duration::from_secs);
                 meta.stale_for = stale.map(Duration::from_secs);
                 self.record(|o| o.no_store = control.no_store);
+                // The length of the bytes the body stream yields, when the
+                // origin states it: the body goes to the first tier that
+                // keeps entries that large.
+                let size = response.content_length();
                 let body = response
                     .bytes_stream()
                     .map_err(move |e| Error::Origin(format!("the body of {url} broke off: {e}")));
@@ -115,6 +119,7 @@ impl Fetcher for HttpOrigin {
                     meta,
                     body: Box::pin(body),
                     no_store: control.no_store,
+                    size,
                 })
             }
             other => Err(Error::Origin(format!("{url} answered {other}"))),

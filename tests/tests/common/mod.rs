@@ -88,6 +88,7 @@ impl Fetcher for Origin {
                 meta: Metadata::tagged(tag),
                 body: Box::pin(tokio_stream(rx)),
                 no_store: false,
+                size: None,
             }),
             Reply::NotModified => Ok(FetchResult::NotModified),
             Reply::NotFound => Ok(FetchResult::NotFound),
