@@ -79,6 +79,8 @@ pub struct Response<R: Runtime> {
     pub source: Source,
     /// The entry was stale and a refresh was scheduled.
     pub stale: bool,
+    /// The body is being written to a tier (a fill with a sink).
+    pub stored: bool,
     /// The body, for `Status::Ok`.
     pub body: Option<ResponseBody<R>>,
 }
@@ -90,6 +92,7 @@ impl<R: Runtime> Response<R> {
             meta,
             source,
             stale,
+            stored: false,
             body: None,
         }
     }
@@ -551,8 +554,9 @@ impl<R: Runtime> Inner<R> {
                     dirty,
                 )
                 .await;
+            let stored = !plan.sinks.is_empty();
             let reader = self.start_fill(entry.meta, entry.body, plan, Some(lead));
-            return Ok(Step::Done(fill_response(reader, source)));
+            return Ok(Step::Done(fill_response(reader, source, stored)));
         }
         if let Some(flight) = self.flight(key) {
             return self.join(&flight, inm).await;
@@ -702,6 +706,7 @@ impl<R: Runtime> Inner<R> {
             meta,
             source,
             stale: true,
+            stored: false,
             body: Some(ResponseBody::Direct { body, size }),
         })
     }
@@ -731,6 +736,7 @@ impl<R: Runtime> Inner<R> {
             .plan(key, generation, &meta, place, copy_after, !matched, dirty)
             .await;
         let answer_meta = meta.clone();
+        let stored = !plan.sinks.is_empty();
         let reader = self.start_fill(meta, body, plan, Some(lead));
         if matched {
             drop(reader);
@@ -741,7 +747,7 @@ impl<R: Runtime> Inner<R> {
                 false,
             )));
         }
-        Ok(Step::Done(fill_response(reader, source)))
+        Ok(Step::Done(fill_response(reader, source, stored)))
     }
 
     /// Join another request's fetch or promotion of `key`.
@@ -765,7 +771,7 @@ impl<R: Runtime> Inner<R> {
                     )));
                 }
                 match fill.join() {
-                    Some(reader) => Ok(Step::Done(fill_response(reader, Source::Joined))),
+                    Some(reader) => Ok(Step::Done(fill_response(reader, Source::Joined, false))),
                     None => {
                         // Too late to read from the first byte: wait for the
                         // fill to land in tier 0 and look again.
@@ -1069,17 +1075,20 @@ fn answer_from<R: Runtime>(
         meta,
         source,
         stale,
+        stored: false,
         body: Some(ResponseBody::Direct { body, size }),
     })
 }
 
-fn fill_response<R: Runtime>(reader: FillReader, source: Source) -> Response<R> {
+/// A response reading a fill; `stored` when the fill writes a tier.
+fn fill_response<R: Runtime>(reader: FillReader, source: Source, stored: bool) -> Response<R> {
     let meta = reader.meta().clone();
     Response {
         status: Status::Ok,
         meta,
         source,
         stale: false,
+        stored,
         body: Some(ResponseBody::Fill(reader)),
     }
 }

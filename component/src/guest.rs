@@ -350,6 +350,7 @@ fn wit_response(r: crate::Response<GuestRt>) -> cx::Response {
         meta: r.meta.into(),
         source,
         stale: r.stale,
+        stored: r.stored,
         body,
         size,
         complete,

@@ -53,6 +53,11 @@ pub struct GetResponse {
     pub source: Source,
     /// The entry was stale; a background refresh was scheduled.
     pub stale: bool,
+    /// The body is being written to a tier: it is kept once read to its
+    /// end (unless it turns out too large for that tier). False for hits,
+    /// joins, dirty requests, `no-store` bodies and bodies of a size no
+    /// tier admits.
+    pub stored: bool,
     /// The body, for [`Status::Ok`].
     pub body: Option<Body>,
 }

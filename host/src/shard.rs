@@ -534,6 +534,7 @@ impl Calls<'_> {
             meta: r.meta.into(),
             source,
             stale: r.stale,
+            stored: r.stored,
             body,
         })
     }
@@ -562,6 +563,7 @@ pub(crate) fn whole_response(
         meta: r.meta.into(),
         source: Source::Tier(0),
         stale: false,
+        stored: false,
         body,
     })
 }

@@ -137,6 +137,21 @@ async fn a_body_too_large_for_the_memory_tier_is_kept_in_the_file_tier() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_no_tier_keeps_is_served_and_not_said_to_be_stored() {
+    let origin = Origin::start().await;
+    let big = "large ".repeat(40_000);
+    origin.route("/big", Route::ok("v1", &big));
+    let server = proxy(&origin, |c| c.tiers = vec!["mem:1MiB:s3fifo".into()]).await;
+    for _ in 0..2 {
+        let got = get(&server, "/big").await;
+        assert_eq!(got.body, big.as_str());
+        assert_eq!(got.cache_status, "daramjwee; fwd=miss; fwd-status=200");
+    }
+    assert_eq!(origin.hits("/big"), 2);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_if_none_match_gets_304_without_a_body() {
     let origin = Origin::start().await;
     origin.route("/a", Route::ok("v1", "hello"));

@@ -62,6 +62,7 @@ fn a_body_of_known_size_goes_to_the_first_tier_that_admits_it() {
     h.tiers[0].max_entry.set(Some(8));
     let origin = MockOrigin::replying([body("v", b"larger than eight")]).sized();
     let r = h.get("k", &origin).unwrap();
+    assert!(r.stored);
     assert_eq!(h.run(read_body(r.body)).unwrap(), b"larger than eight");
     assert!(h.tiers[0].body("k").is_none(), "tier 0 does not keep it");
     assert_eq!(h.tiers[1].body("k").unwrap(), b"larger than eight");
@@ -84,7 +85,7 @@ fn a_body_no_tier_admits_is_served_and_stored_nowhere() {
     let origin = MockOrigin::replying([body("v", b"too large"), body("v", b"too large")]).sized();
     for _ in 0..2 {
         let r = h.get("k", &origin).unwrap();
-        assert_eq!(r.source, Source::Origin);
+        assert_eq!((r.source, r.stored), (Source::Origin, false));
         assert_eq!(h.run(read_body(r.body)).unwrap(), b"too large");
         assert_eq!(h.run_jobs(), 0);
     }

@@ -80,11 +80,13 @@ impl<T: Tier<Body = EdgeBody>> EdgeCache<T> {
             Rc::clone(&forward),
         );
         let result = self.engine.get(&key, inm.as_deref(), origin).await;
-        let forward = forward.borrow().clone();
+        let mut forward = forward.borrow().clone();
         let response = match result {
             Ok(response) => response,
             Err(e) => return Ok(failure(&e, &forward)),
         };
+        // `stored` only when the engine writes the body to a tier.
+        forward.no_store |= !response.stored;
         let served = match response.source {
             Source::Origin => Served::Origin,
             Source::Joined => Served::Joined,

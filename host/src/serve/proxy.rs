@@ -286,7 +286,13 @@ fn cache_status(response: &GetResponse, outcome: &Outcome, fresh_for: Duration) 
             expired: response.stale && expired(&response.meta, fresh_for),
         },
     };
-    status_line(served, outcome)
+    // `stored` only when the engine writes the body to a tier: not for a
+    // body of a size no tier keeps, nor one the origin forbids storing.
+    let forward = Outcome {
+        no_store: outcome.no_store || !response.stored,
+        ..outcome.clone()
+    };
+    status_line(served, &forward)
 }
 
 fn failure(e: &Error, outcome: &Outcome) -> Response<ProxyBody> {
