@@ -21,7 +21,7 @@
 # `--daramjwee`, else $DARAMJWEE, else ${CARGO_TARGET_DIR:-target}/release/daramjwee;
 # it is skipped, saying so, when that binary is missing or has no `serve` command. Its
 # default tiers are mem:256MiB:s3fifo and file:TMP/daramjwee-file:4GiB:s3fifo (the
-# 1 GiB object is larger than the memory tier, so the RSS figure measures streaming,
+# 1 GiB object is larger than either tier keeps, so the RSS figure measures streaming,
 # not storage); `--tier` replaces them. --stampede-secs is whole seconds. --quick
 # sets --duration 2s. --keep leaves the temporary directory (logs, wrk output).
 set -euo pipefail
