@@ -19,8 +19,13 @@ fn main() {
             ("DARAMJWEE_COMPONENT_WASM", &engine),
             ("DARAMJWEE_HIT_PATH_WASM", &hit_path),
         ] {
-            println!("cargo:rerun-if-changed={path}");
-            embed(var, Path::new(path));
+            // Relative paths are taken from `host/`, where this runs; the
+            // crate is handed the absolute path, so the file embedded is
+            // the one digested.
+            let path = std::fs::canonicalize(path)
+                .unwrap_or_else(|e| panic!("{var}={path}: cannot find the component: {e}"));
+            println!("cargo:rerun-if-changed={}", path.display());
+            embed(var, &path);
         }
         return;
     }

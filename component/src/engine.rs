@@ -79,7 +79,8 @@ pub struct Response<R: Runtime> {
     pub source: Source,
     /// The entry was stale and a refresh was scheduled.
     pub stale: bool,
-    /// The body is being written to a tier (a fill with a sink).
+    /// The answer is being written to a tier: a fetched body or negative
+    /// answer, a promoted lower-tier hit, a revalidated copy.
     pub stored: bool,
     /// The body, for `Status::Ok`.
     pub body: Option<ResponseBody<R>>,
@@ -200,19 +201,37 @@ enum Step<R: Runtime> {
     Again(Error),
 }
 
-/// Where a fill writes and what it schedules after committing.
 /// Which tiers a fill may be written to: the first of tiers `0..within`
 /// that admits `size` bytes, or tier 0 when the size is unknown.
 #[derive(Clone, Copy)]
 struct Placement {
     size: Option<u64>,
     within: usize,
+    /// The body is a new version of the key (from the origin): the tiers
+    /// above the one it is written to (all of `0..within` when none
+    /// admits it) drop their older entry once it is complete, so that
+    /// none of them keeps answering with it.
+    replaces: bool,
 }
 
+impl Placement {
+    /// The tiers whose entry a fill written to `top` supersedes.
+    fn superseded(self, top: Option<usize>) -> Vec<u32> {
+        if !self.replaces {
+            return Vec::new();
+        }
+        (0..top.unwrap_or(self.within)).map(|t| t as u32).collect()
+    }
+}
+
+/// Where a fill writes and what it does once it is complete.
 struct FillPlan<R: Runtime> {
     key: String,
     generation: u64,
     sinks: Vec<R::Sink>,
+    /// Tiers whose entry of the key goes once the body is complete (and
+    /// committed, when there are sinks).
+    supersede: Vec<u32>,
     /// The tier the sinks write (the first: a copy writes several).
     written: u32,
     /// Tiers to copy the entry into after the commit, from `written`.
@@ -542,6 +561,7 @@ impl<R: Runtime> Inner<R> {
             let place = Placement {
                 size: Some(entry.size),
                 within: i,
+                replaces: false,
             };
             let plan = self
                 .plan(
@@ -588,12 +608,10 @@ impl<R: Runtime> Inner<R> {
                     self.submit_copy(key, generation, 0, all_lower);
                 }
                 lead.answer(Answer::NotFound(meta.clone()));
-                Ok(Step::Done(Response::without_body(
-                    Status::NotFound,
-                    meta,
-                    Source::Origin,
-                    false,
-                )))
+                let mut response =
+                    Response::without_body(Status::NotFound, meta, Source::Origin, false);
+                response.stored = !dirty;
+                Ok(Step::Done(response))
             }
             Fetched::NotModified => {
                 // Serve our copy again from the tier that holds it, and
@@ -619,6 +637,7 @@ impl<R: Runtime> Inner<R> {
                 let place = Placement {
                     size: Some(entry.size),
                     within: i + 1,
+                    replaces: false,
                 };
                 self.serve_fill(
                     key,
@@ -648,6 +667,7 @@ impl<R: Runtime> Inner<R> {
                 let place = Placement {
                     size,
                     within: self.tiers.len(),
+                    replaces: true,
                 };
                 self.serve_fill(
                     key,
@@ -740,12 +760,10 @@ impl<R: Runtime> Inner<R> {
         let reader = self.start_fill(meta, body, plan, Some(lead));
         if matched {
             drop(reader);
-            return Ok(Step::Done(Response::without_body(
-                Status::NotModified,
-                answer_meta,
-                source,
-                false,
-            )));
+            let mut response =
+                Response::without_body(Status::NotModified, answer_meta, source, false);
+            response.stored = stored;
+            return Ok(Step::Done(response));
         }
         Ok(Step::Done(fill_response(reader, source, stored)))
     }
@@ -774,7 +792,7 @@ impl<R: Runtime> Inner<R> {
                     Some(reader) => Ok(Step::Done(fill_response(reader, Source::Joined, false))),
                     None => {
                         // Too late to read from the first byte: wait for the
-                        // fill to land in tier 0 and look again.
+                        // fill to land in its tier and look again.
                         fill.settled().await;
                         Ok(Step::Again(Error::Other("the joined fill failed".into())))
                     }
@@ -812,18 +830,26 @@ impl<R: Runtime> Inner<R> {
     ) -> FillPlan<R> {
         let mut sinks = Vec::new();
         let mut written = 0;
-        if !dirty
-            && let Some(top) = self.place(key, place)
-            && let Ok(sink) = self.tiers[top].begin_write(key, meta).await
-        {
-            sinks.push(sink);
-            written = top as u32;
+        let mut supersede = Vec::new();
+        if !dirty {
+            let top = self.place(key, place);
+            match top {
+                Some(top) => {
+                    if let Ok(sink) = self.tiers[top].begin_write(key, meta).await {
+                        sinks.push(sink);
+                        written = top as u32;
+                        supersede = place.superseded(Some(top));
+                    }
+                }
+                None => supersede = place.superseded(None),
+            }
         }
         copy_after.retain(|&t| t > written);
         FillPlan {
             key: key.to_owned(),
             generation,
             sinks,
+            supersede,
             written,
             copy_after,
             needs_reader,
@@ -864,11 +890,13 @@ impl<R: Runtime> Inner<R> {
             key,
             generation,
             mut sinks,
+            supersede,
             written,
             copy_after,
             needs_reader,
             flight,
         } = plan;
+        let planned = !sinks.is_empty();
         let result = loop {
             fill.room().await;
             if needs_reader && fill.readers() == 0 && !fill.finished() {
@@ -888,13 +916,25 @@ impl<R: Runtime> Inner<R> {
         let ok = result.is_ok();
         fill.end(result);
         let read = !needs_reader || (ok && fill.read_to_end().await);
-        if ok && read && !sinks.is_empty() && self.generation(&key) == generation {
+        // A sink whose write failed was dropped: nothing is written then.
+        let dropped = planned && sinks.is_empty();
+        if ok && read && !dropped && self.generation(&key) == generation {
+            let wrote = planned;
             let mut committed = true;
-            for sink in sinks {
+            for sink in sinks.drain(..) {
                 committed &= sink.commit().await.is_ok();
             }
             if committed {
-                self.submit_copy(&key, generation, written, copy_after);
+                // Upper tiers first gave way to a new version written
+                // below them (or to none): their entry goes, lowest first.
+                for &tier in supersede.iter().rev() {
+                    if self.generation(&key) == generation {
+                        let _ = self.tiers[tier as usize].delete(&key).await;
+                    }
+                }
+                if wrote {
+                    self.submit_copy(&key, generation, written, copy_after);
+                }
             }
         }
         fill.settle();
@@ -953,6 +993,7 @@ impl<R: Runtime> Inner<R> {
                 let place = Placement {
                     size: Some(entry.size),
                     within: i + 1,
+                    replaces: false,
                 };
                 self.background_fill(key, generation, meta, entry.body, place, Vec::new())
                     .await
@@ -970,6 +1011,7 @@ impl<R: Runtime> Inner<R> {
                 let place = Placement {
                     size,
                     within: self.tiers.len(),
+                    replaces: true,
                 };
                 self.background_fill(key, generation, meta, body, place, all_lower)
                     .await
@@ -988,16 +1030,22 @@ impl<R: Runtime> Inner<R> {
         place: Placement,
         mut copy_after: Vec<u32>,
     ) -> Result<()> {
-        let Some(top) = self.place(key, place) else {
+        let top = self.place(key, place);
+        let mut sinks = Vec::new();
+        if let Some(top) = top {
+            sinks.push(self.tiers[top].begin_write(key, &meta).await?);
+        }
+        let supersede = place.superseded(top);
+        if sinks.is_empty() && supersede.is_empty() {
             return Ok(());
-        };
-        let sink = self.tiers[top].begin_write(key, &meta).await?;
-        let written = top as u32;
+        }
+        let written = top.unwrap_or(0) as u32;
         copy_after.retain(|&t| t > written);
         let plan = FillPlan {
             key: key.to_owned(),
             generation,
-            sinks: vec![sink],
+            sinks,
+            supersede,
             written,
             copy_after,
             needs_reader: false,
@@ -1028,6 +1076,7 @@ impl<R: Runtime> Inner<R> {
             key: key.to_owned(),
             generation,
             sinks,
+            supersede: Vec::new(),
             written: source,
             copy_after: Vec::new(),
             needs_reader: false,

@@ -53,10 +53,11 @@ pub struct GetResponse {
     pub source: Source,
     /// The entry was stale; a background refresh was scheduled.
     pub stale: bool,
-    /// The body is being written to a tier: it is kept once read to its
-    /// end (unless it turns out too large for that tier). False for hits,
-    /// joins, dirty requests, `no-store` bodies and bodies of a size no
-    /// tier admits.
+    /// The answer is being written to a tier: a fetched body (kept once
+    /// read to its end, unless it turns out too large for that tier) or
+    /// negative answer, a lower-tier hit promoted, a copy the origin
+    /// revalidated. False for tier-0 hits, joins, dirty requests,
+    /// `no-store` bodies and bodies of a size no tier admits.
     pub stored: bool,
     /// The body, for [`Status::Ok`].
     pub body: Option<Body>,

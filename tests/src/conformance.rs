@@ -60,6 +60,14 @@ impl<G: Any + Send + Sync> Tier for Guarded<G> {
         self.tier.get(key)
     }
 
+    fn get_whole(&self, key: &str) -> daramjwee::Result<Option<(Metadata, bytes::Bytes)>> {
+        self.tier.get_whole(key)
+    }
+
+    fn admits(&self, key: &str, size: u64) -> bool {
+        self.tier.admits(key, size)
+    }
+
     fn stat<'a>(&'a self, key: &'a str) -> BoxFuture<'a, daramjwee::Result<Option<Metadata>>> {
         self.tier.stat(key)
     }

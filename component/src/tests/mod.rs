@@ -94,6 +94,43 @@ fn a_body_no_tier_admits_is_served_and_stored_nowhere() {
 }
 
 #[test]
+fn a_new_version_written_below_tier_0_removes_the_old_one_above() {
+    let mut h = Harness::new(2);
+    h.tiers[0].max_entry.set(Some(8));
+    let origin = MockOrigin::replying([
+        Reply::NotFound,
+        body("v2", b"larger than eight"),
+        body("v3", b"larger still, and so on"),
+    ])
+    .sized();
+    let r = h.get("k", &origin).unwrap();
+    assert_eq!((r.status, r.stored), (Status::NotFound, true));
+    h.run_jobs();
+    assert!(h.tiers.iter().all(|t| t.meta("k").unwrap().negative));
+    h.rt.advance(120_000);
+    // The negative entry has expired: it is served while the refresh
+    // writes the new version to tier 1, and tier 0's entry goes.
+    let r = h.get("k", &origin).unwrap();
+    assert_eq!((r.status, r.stale), (Status::NotFound, true));
+    h.run_jobs();
+    assert!(h.tiers[0].meta("k").is_none());
+    assert_eq!(h.tiers[1].meta("k").unwrap().tag, "v2");
+    let r = h.get("k", &origin).unwrap();
+    assert_eq!(r.source, Source::Tier(1));
+    assert_eq!(h.run(read_body(r.body)).unwrap(), b"larger than eight");
+    assert_eq!(origin.calls(), 2);
+    // When no tier keeps the next version, none keeps the old one either.
+    h.tiers[1].max_entry.set(Some(8));
+    h.rt.advance(120_000);
+    let r = h.get("k", &origin).unwrap();
+    assert!(r.stale && r.source == Source::Tier(1));
+    h.run(read_body(r.body)).unwrap();
+    h.run_jobs();
+    assert_eq!(origin.calls(), 3);
+    assert!(h.tiers.iter().all(|t| t.meta("k").is_none()));
+}
+
+#[test]
 fn a_body_of_unknown_size_goes_to_tier_0_as_before() {
     let mut h = Harness::new(2);
     h.tiers[0].max_entry.set(Some(4));

@@ -77,6 +77,11 @@ impl<S: KeyValue> Tier for KvTier<S> {
         self.name.clone()
     }
 
+    /// Bodies over `max_entry` bytes are not stored.
+    fn admits(&self, _key: &str, size: u64) -> bool {
+        size <= self.max_entry
+    }
+
     async fn get(&self, key: &str) -> Result<Option<Entry<EdgeBody>>> {
         Ok(self.read(key).await?.map(|(header, data)| Entry {
             meta: header.meta,
