@@ -214,6 +214,22 @@ struct Placement {
     replaces: bool,
 }
 
+impl<R: Runtime> FillPlan<R> {
+    /// A plan that writes nothing.
+    fn unwritten(key: &str, generation: u64, needs_reader: bool) -> Self {
+        FillPlan {
+            key: key.to_owned(),
+            generation,
+            sinks: Vec::new(),
+            supersede: Vec::new(),
+            written: 0,
+            copy_after: Vec::new(),
+            needs_reader,
+            flight: None,
+        }
+    }
+}
+
 impl Placement {
     /// The tiers whose entry a fill written to `top` supersedes.
     fn superseded(self, top: Option<usize>) -> Vec<u32> {
@@ -824,37 +840,47 @@ impl<R: Runtime> Inner<R> {
         generation: u64,
         meta: &Metadata,
         place: Placement,
-        mut copy_after: Vec<u32>,
+        copy_after: Vec<u32>,
         needs_reader: bool,
         dirty: bool,
     ) -> FillPlan<R> {
-        let mut sinks = Vec::new();
-        let mut written = 0;
-        let mut supersede = Vec::new();
-        if !dirty {
-            let top = self.place(key, place);
-            match top {
-                Some(top) => {
-                    if let Ok(sink) = self.tiers[top].begin_write(key, meta).await {
-                        sinks.push(sink);
-                        written = top as u32;
-                        supersede = place.superseded(Some(top));
-                    }
-                }
-                None => supersede = place.superseded(None),
-            }
+        if dirty {
+            return FillPlan::unwritten(key, generation, needs_reader);
         }
+        let plan = self.place_fill(key, generation, meta, place, copy_after, needs_reader);
+        plan.await
+            .unwrap_or_else(|_| FillPlan::unwritten(key, generation, needs_reader))
+    }
+
+    /// The plan of a fill written to the tier `place` picks (no sink when
+    /// none admits it), superseding the tiers above it and copying to the
+    /// tiers of `copy_after` below it; an error when that tier refuses.
+    async fn place_fill(
+        &self,
+        key: &str,
+        generation: u64,
+        meta: &Metadata,
+        place: Placement,
+        mut copy_after: Vec<u32>,
+        needs_reader: bool,
+    ) -> Result<FillPlan<R>> {
+        let top = self.place(key, place);
+        let mut sinks = Vec::new();
+        if let Some(top) = top {
+            sinks.push(self.tiers[top].begin_write(key, meta).await?);
+        }
+        let written = top.unwrap_or(0) as u32;
         copy_after.retain(|&t| t > written);
-        FillPlan {
+        Ok(FillPlan {
             key: key.to_owned(),
             generation,
             sinks,
-            supersede,
+            supersede: place.superseded(top),
             written,
             copy_after,
             needs_reader,
             flight: None,
-        }
+        })
     }
 
     /// Spawn the pump of a fill and return its first reader.
@@ -919,7 +945,6 @@ impl<R: Runtime> Inner<R> {
         // A sink whose write failed was dropped: nothing is written then.
         let dropped = planned && sinks.is_empty();
         if ok && read && !dropped && self.generation(&key) == generation {
-            let wrote = planned;
             let mut committed = true;
             for sink in sinks.drain(..) {
                 committed &= sink.commit().await.is_ok();
@@ -932,7 +957,7 @@ impl<R: Runtime> Inner<R> {
                         let _ = self.tiers[tier as usize].delete(&key).await;
                     }
                 }
-                if wrote {
+                if planned {
                     self.submit_copy(&key, generation, written, copy_after);
                 }
             }
@@ -1028,29 +1053,14 @@ impl<R: Runtime> Inner<R> {
         meta: Metadata,
         body: R::Body,
         place: Placement,
-        mut copy_after: Vec<u32>,
+        copy_after: Vec<u32>,
     ) -> Result<()> {
-        let top = self.place(key, place);
-        let mut sinks = Vec::new();
-        if let Some(top) = top {
-            sinks.push(self.tiers[top].begin_write(key, &meta).await?);
-        }
-        let supersede = place.superseded(top);
-        if sinks.is_empty() && supersede.is_empty() {
+        let plan = self
+            .place_fill(key, generation, &meta, place, copy_after, false)
+            .await?;
+        if plan.sinks.is_empty() && plan.supersede.is_empty() {
             return Ok(());
         }
-        let written = top.unwrap_or(0) as u32;
-        copy_after.retain(|&t| t > written);
-        let plan = FillPlan {
-            key: key.to_owned(),
-            generation,
-            sinks,
-            supersede,
-            written,
-            copy_after,
-            needs_reader: false,
-            flight: None,
-        };
         let fill = Fill::new(meta, 0);
         self.pump(&fill, body, plan).await;
         Ok(())
@@ -1073,14 +1083,9 @@ impl<R: Runtime> Inner<R> {
             sinks.push(tier(target)?.begin_write(key, &entry.meta).await?);
         }
         let plan = FillPlan {
-            key: key.to_owned(),
-            generation,
             sinks,
-            supersede: Vec::new(),
             written: source,
-            copy_after: Vec::new(),
-            needs_reader: false,
-            flight: None,
+            ..FillPlan::unwritten(key, generation, false)
         };
         let fill = Fill::new(entry.meta, 0);
         self.pump(&fill, entry.body, plan).await;

@@ -138,6 +138,15 @@ impl MemoryStore {
         &self.inner.shards[i as usize]
     }
 
+    /// Whether the policy of `key`'s shard admits an entry charged
+    /// `charged` bytes (an unbounded store keeps everything).
+    fn keeps(&self, key: &Arc<str>, charged: u64) -> bool {
+        match &self.shard(key).policy {
+            Some(policy) => lock(policy).admits(key, charged),
+            None => true,
+        }
+    }
+
     /// Number of entries held.
     pub fn len(&self) -> usize {
         self.inner.entries.load(Ordering::Relaxed) as usize
@@ -232,11 +241,7 @@ impl TierSink for MemorySink {
             // Stop holding a body the policy would drop on commit anyway,
             // rather than buffer up to the whole capacity to find out.
             let charged = charge(&self.key, &self.meta, self.len);
-            let admitted = match &self.store.shard(&self.key).policy {
-                Some(policy) => lock(policy).admits(&self.key, charged),
-                None => true,
-            };
-            if !admitted {
+            if !self.store.keeps(&self.key, charged) {
                 self.too_large = true;
                 self.chunks = Vec::new();
             }
@@ -282,13 +287,10 @@ impl Tier for MemoryStore {
     }
 
     fn admits(&self, key: &str, size: u64) -> bool {
-        let Some(policy) = &self.shard(key).policy else {
-            return true;
-        };
         // Charged as an entry without metadata: the sink still stops a
         // body that, with its metadata, turns out too large.
         let charged = charge(key, &Metadata::default(), size);
-        lock(policy).admits(&Arc::from(key), charged)
+        self.keeps(&Arc::from(key), charged)
     }
 
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<TierEntry>>> {
