@@ -4,14 +4,15 @@
 //!
 //! Two shapes: a large cache (2^20 keys, 2^17 cached) whose tables outgrow
 //! the CPU caches, and a small one (2^16 keys, 2^13 cached) that fits them.
-//! Each runs with the default (SipHash) policies and, suffixed `fxhash`,
-//! with a multiplicative hash, to show what hashing costs. A third group
-//! repeats the Go library's own churn benchmark shape, string keys and all.
+//! Each runs with the default hasher (`KeyHasher`, aHash keyed at random)
+//! and, suffixed `siphash`, with std's SipHash, to show what hashing costs.
+//! A third group repeats the Go library's own churn benchmark shape, string
+//! keys and all, with both hashers.
 //!
 //! `cargo bench -p daramjwee-component --bench policy`
 #![expect(missing_docs, reason = "criterion_group! makes an undocumented pub fn")]
 
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::RandomState;
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Duration;
@@ -57,26 +58,6 @@ fn zipf_stream(keys: usize, alpha: f64, seed: u64) -> Vec<u64> {
         .collect()
 }
 
-/// FxHash-style: one multiply per word. Fast, but not keyed.
-#[derive(Default)]
-struct FxHasher(u64);
-
-impl Hasher for FxHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.write_u64(u64::from(b));
-        }
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x517C_C1B7_2722_0A95);
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
 /// One request as the stores and the simulator make it.
 fn request(policy: &mut dyn Policy<u64>, key: u64, evicted: &mut Vec<u64>) -> bool {
     if policy.touch(&key) {
@@ -95,11 +76,11 @@ fn churn(c: &mut Criterion) {
         for alpha in [0.8, 1.0] {
             let stream = zipf_stream(keys, alpha, 0x5EED);
             for kind in PolicyKind::ALL {
-                for hash in ["", "/fxhash"] {
+                for hash in ["", "/siphash"] {
                     let mut policy = if hash.is_empty() {
                         kind.build::<u64>(capacity)
                     } else {
-                        kind.build_with_hasher(capacity, BuildHasherDefault::<FxHasher>::default())
+                        kind.build_with_hasher(capacity, RandomState::new())
                     };
                     let mut evicted = Vec::new();
                     // Warm up to steady state, then note the mix for the reader.
@@ -155,14 +136,21 @@ fn go_shape(c: &mut Criterion) {
     let mut group = c.benchmark_group("policy-churn-go-shape");
     group.warm_up_time(Duration::from_secs(1));
     group.measurement_time(Duration::from_secs(3));
-    for kind in PolicyKind::ALL {
-        let mut policy = kind.build::<Arc<str>>(CAPACITY);
+    for (kind, hash) in PolicyKind::ALL
+        .into_iter()
+        .flat_map(|kind| [(kind, ""), (kind, "/siphash")])
+    {
+        let mut policy = if hash.is_empty() {
+            kind.build::<Arc<str>>(CAPACITY)
+        } else {
+            kind.build_with_hasher(CAPACITY, RandomState::new())
+        };
         let mut evicted = Vec::new();
         for key in &first {
             policy.insert(Arc::clone(key), 1, &mut evicted);
         }
         let (mut at, mut next) = (0, 0);
-        group.bench_function(kind.to_string(), |b| {
+        group.bench_function(format!("{kind}{hash}"), |b| {
             b.iter(|| {
                 let (touch, i) = ops[at];
                 at = (at + 1) % STREAM;

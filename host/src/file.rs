@@ -321,8 +321,24 @@ impl Inner {
         self.root.join(format!("{:02x}", fan_out(hash)))
     }
 
+    /// `ROOT/ff/<32 hex digits>`, built in one allocation: every lookup
+    /// makes one.
     fn path(&self, hash: u128) -> PathBuf {
-        self.dir(hash).join(format!("{hash:032x}"))
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut name = [0u8; 35];
+        name[0] = HEX[fan_out(hash) >> 4];
+        name[1] = HEX[fan_out(hash) & 15];
+        name[2] = b'/';
+        for (i, digit) in name[3..].iter_mut().enumerate() {
+            *digit = HEX[(hash >> (124 - 4 * i)) as usize & 15];
+        }
+        let name = std::str::from_utf8(&name).expect("hex digits are ASCII");
+        let root = self.root.as_os_str();
+        let mut path = std::ffi::OsString::with_capacity(root.len() + 1 + name.len());
+        path.push(root);
+        let mut path = PathBuf::from(path);
+        path.push(name);
+        path
     }
 
     fn stripe(&self, hash: u128) -> MutexGuard<'_, ()> {
@@ -1244,6 +1260,21 @@ mod tests {
                 ("content-type".into(), "text/plain".into()),
                 ("é".into(), String::new()),
             ],
+        }
+    }
+
+    #[test]
+    fn entry_paths_are_root_fan_out_and_hash() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = FileStore::builder(dir.path()).open("file").expect("open");
+        for key in ["a", "/../x", "\u{0}", "é"] {
+            let hash = key_hash(key);
+            let want = dir
+                .path()
+                .join(format!("{:02x}", fan_out(hash)))
+                .join(format!("{hash:032x}"));
+            assert_eq!(store.entry_path(key), want);
+            assert!(store.entry_path(key).starts_with(dir.path()));
         }
     }
 

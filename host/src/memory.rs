@@ -9,12 +9,11 @@
 //! 64 MiB each (one below 128 MiB), so that part stays useful.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use bytes::{Bytes, BytesMut};
-use daramjwee_component::policy::{Policy, PolicyKind};
+use daramjwee_component::policy::{KeyHasher, Policy, PolicyKind};
 use futures::FutureExt;
 use futures::future::BoxFuture;
 
@@ -40,7 +39,7 @@ struct Stored {
 type Policed = Box<dyn Policy<Arc<str>>>;
 
 struct Shard {
-    map: RwLock<HashMap<Arc<str>, Arc<Stored>>>,
+    map: RwLock<HashMap<Arc<str>, Arc<Stored>, KeyHasher>>,
     /// Taken before `map` whenever both are held.
     policy: Option<Mutex<Policed>>,
 }
@@ -48,7 +47,8 @@ struct Shard {
 struct Inner {
     name: String,
     shards: Box<[Shard]>,
-    hasher: RandomState,
+    /// Picks a key's shard; keyed at random, as the maps and policies are.
+    hasher: KeyHasher,
     /// Bytes each shard may hold; 0 for unbounded.
     shard_capacity: u64,
     entries: AtomicU64,
@@ -112,7 +112,7 @@ impl MemoryStore {
                         policy: (capacity > 0).then(|| Mutex::new(policy.build(shard_capacity))),
                     })
                     .collect(),
-                hasher: RandomState::new(),
+                hasher: KeyHasher::new(),
                 shard_capacity,
                 entries: AtomicU64::new(0),
                 bytes: AtomicU64::new(0),

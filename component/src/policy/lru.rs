@@ -1,13 +1,13 @@
 //! Least recently used: a hit moves the key to the head, victims leave from
 //! the tail.
 
-use std::hash::{BuildHasher, Hash, RandomState};
+use std::hash::{BuildHasher, Hash};
 
-use super::Policy;
 use super::table::{List, NIL, Table};
+use super::{KeyHasher, Policy};
 
 /// Least-recently-used eviction over a byte capacity.
-pub struct Lru<K, S = RandomState> {
+pub struct Lru<K, S = KeyHasher> {
     capacity: u64,
     table: Table<K, S>,
     queue: List,
@@ -16,7 +16,7 @@ pub struct Lru<K, S = RandomState> {
 impl<K: Hash + Eq + Clone> Lru<K> {
     /// An empty LRU over `capacity` bytes.
     pub fn new(capacity: u64) -> Self {
-        Lru::with_hasher(capacity, RandomState::new())
+        Lru::with_hasher(capacity, KeyHasher::new())
     }
 }
 

@@ -10,14 +10,13 @@
 //! Each policy keeps its keys in a slab of nodes linked into queues by
 //! index, found through a hash index, so every operation is O(1)
 //! (amortised for the CLOCK-style passes of S3-FIFO and SIEVE) and nothing
-//! allocates once the cache is warm. Keys are hashed with std's keyed
-//! SipHash by default, so clients choosing keys cannot force collisions;
-//! on large tables that hashing is a good part of the cost of a request,
-//! and [`PolicyKind::build_with_hasher`] lets a caller whose keys are not
-//! adversarial choose a faster hash.
+//! allocates once the cache is warm. Keys are hashed with [`KeyHasher`]
+//! (aHash, keyed at random per policy), so clients choosing keys cannot
+//! predict, let alone force, collisions; [`PolicyKind::build_with_hasher`]
+//! takes another hasher.
 
 use std::fmt;
-use std::hash::{BuildHasher, Hash, RandomState};
+use std::hash::{BuildHasher, Hash};
 use std::str::FromStr;
 
 use crate::Error;
@@ -32,6 +31,15 @@ pub use lru::Lru;
 pub use s3fifo::S3Fifo;
 pub use sieve::Sieve;
 pub use sim::{SimError, SimReport, simulate};
+
+/// The hasher policies use unless told otherwise: aHash with keys drawn
+/// from the operating system's random source for every policy, the kind
+/// of keyed hash Go's maps and hashbrown use. It is several times faster
+/// than std's SipHash on short keys (hashing was a third of the cost of a
+/// request, see `docs/BENCHMARKS.md`), and its outputs cannot be predicted
+/// without the keys, so clients choosing cache keys cannot aim at one
+/// hash chain or at S3-FIFO's remembered hashes.
+pub type KeyHasher = ahash::RandomState;
 
 /// A policy tracks keys with byte sizes against a byte capacity and picks
 /// victims. Single-threaded core; stores wrap it in their own lock.
@@ -86,11 +94,11 @@ impl PolicyKind {
     /// be positive (a store with no bound uses no policy); with 0 nothing of
     /// positive size is admitted.
     pub fn build<K: Hash + Eq + Clone + Send + 'static>(self, capacity: u64) -> Box<dyn Policy<K>> {
-        self.build_with_hasher(capacity, RandomState::new())
+        self.build_with_hasher(capacity, KeyHasher::new())
     }
 
     /// Like [`build`](Self::build), hashing keys with `hasher` instead of
-    /// std's DoS-resistant default. S3-FIFO's ghost queue remembers keys by
+    /// [`KeyHasher`]. S3-FIFO's ghost queue remembers keys by
     /// their 64-bit hash alone, so a hasher whose keys collide makes it
     /// take some new keys for remembered ones (the resident keys stay
     /// exact).

@@ -30,10 +30,10 @@
 //!   libCacheSim makes room before refusing a key of exactly the small
 //!   queue's size; here it is refused before anything is evicted.
 
-use std::hash::{BuildHasher, Hash, RandomState};
+use std::hash::{BuildHasher, Hash};
 
-use super::Policy;
 use super::table::{List, NIL, Table};
+use super::{KeyHasher, Policy};
 
 const SMALL: u8 = 0;
 const MAIN: u8 = 1;
@@ -45,7 +45,7 @@ const MAX_FREQ: u8 = 3;
 const MOVE_TO_MAIN: u8 = 2;
 
 /// S3-FIFO eviction over a byte capacity.
-pub struct S3Fifo<K, S = RandomState> {
+pub struct S3Fifo<K, S = KeyHasher> {
     capacity: u64,
     small_capacity: u64,
     main_capacity: u64,
@@ -59,7 +59,7 @@ pub struct S3Fifo<K, S = RandomState> {
 impl<K: Hash + Eq + Clone> S3Fifo<K> {
     /// An empty S3-FIFO over `capacity` bytes.
     pub fn new(capacity: u64) -> Self {
-        S3Fifo::with_hasher(capacity, RandomState::new())
+        S3Fifo::with_hasher(capacity, KeyHasher::new())
     }
 }
 

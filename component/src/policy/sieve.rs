@@ -6,13 +6,13 @@
 //! after passing the head. New keys enter at the head. This follows
 //! libCacheSim's `Sieve`.
 
-use std::hash::{BuildHasher, Hash, RandomState};
+use std::hash::{BuildHasher, Hash};
 
-use super::Policy;
 use super::table::{List, NIL, Table};
+use super::{KeyHasher, Policy};
 
 /// SIEVE eviction over a byte capacity.
-pub struct Sieve<K, S = RandomState> {
+pub struct Sieve<K, S = KeyHasher> {
     capacity: u64,
     table: Table<K, S>,
     queue: List,
@@ -23,7 +23,7 @@ pub struct Sieve<K, S = RandomState> {
 impl<K: Hash + Eq + Clone> Sieve<K> {
     /// An empty SIEVE over `capacity` bytes.
     pub fn new(capacity: u64) -> Self {
-        Sieve::with_hasher(capacity, RandomState::new())
+        Sieve::with_hasher(capacity, KeyHasher::new())
     }
 }
 

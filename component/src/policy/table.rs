@@ -5,11 +5,13 @@
 //! its key's hash: the index maps a hash to a node (keys whose hashes
 //! collide are chained through the nodes), so dropping a victim never
 //! hashes its key again and a miss followed by an insert hashes the key
-//! only twice. The hash defaults to std's keyed SipHash, so clients
-//! choosing keys cannot force collisions.
+//! only twice. The hash defaults to [`KeyHasher`], keyed at random, so
+//! clients choosing keys cannot force collisions.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher, RandomState};
+use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher};
+
+use super::KeyHasher;
 
 /// The end of a queue or chain, or no node.
 pub(super) const NIL: u32 = u32::MAX;
@@ -56,7 +58,7 @@ impl Hasher for Prehashed {
 }
 
 /// Nodes addressed by `u32` index, with a free list and a hash index.
-pub(super) struct Table<K, S = RandomState> {
+pub(super) struct Table<K, S = KeyHasher> {
     nodes: Vec<Node<K>>,
     free: u32,
     live: usize,
@@ -67,7 +69,7 @@ pub(super) struct Table<K, S = RandomState> {
 #[cfg(test)]
 impl<K: Hash + Eq> Table<K> {
     pub fn new() -> Self {
-        Table::with_hasher(RandomState::new())
+        Table::with_hasher(KeyHasher::new())
     }
 }
 
