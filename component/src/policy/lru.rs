@@ -41,7 +41,7 @@ impl<K: Hash + Eq + Clone, S: BuildHasher> Lru<K, S> {
 impl<K: Hash + Eq + Clone + Send, S: BuildHasher + Send> Policy<K> for Lru<K, S> {
     fn insert(&mut self, key: K, size: u64, evicted: &mut Vec<K>) {
         let hash = self.table.hash(&key);
-        let tracked = self.table.find(hash, &key);
+        let tracked = self.table.find_exact(hash, &key);
         if size > self.capacity {
             if let Some(idx) = tracked {
                 self.forget(idx);
@@ -71,7 +71,7 @@ impl<K: Hash + Eq + Clone + Send, S: BuildHasher + Send> Policy<K> for Lru<K, S>
     }
 
     fn touch(&mut self, key: &K) -> bool {
-        let Some(idx) = self.table.get(key) else {
+        let Some(idx) = self.table.get_exact(key) else {
             return false;
         };
         if self.queue.head != idx {
@@ -82,7 +82,7 @@ impl<K: Hash + Eq + Clone + Send, S: BuildHasher + Send> Policy<K> for Lru<K, S>
     }
 
     fn remove(&mut self, key: &K) -> bool {
-        match self.table.get(key) {
+        match self.table.get_exact(key) {
             Some(idx) => {
                 self.forget(idx);
                 true
@@ -97,7 +97,7 @@ impl<K: Hash + Eq + Clone + Send, S: BuildHasher + Send> Policy<K> for Lru<K, S>
     }
 
     fn contains(&self, key: &K) -> bool {
-        self.table.get(key).is_some()
+        self.table.get_exact(key).is_some()
     }
 
     fn len(&self) -> usize {

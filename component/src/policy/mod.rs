@@ -34,11 +34,11 @@ pub use sim::{SimError, SimReport, simulate};
 
 /// The hasher policies use unless told otherwise: aHash with keys drawn
 /// from the operating system's random source for every policy, the kind
-/// of keyed hash Go's maps and hashbrown use. It is several times faster
-/// than std's SipHash on short keys (hashing was a third of the cost of a
-/// request, see `docs/BENCHMARKS.md`), and its outputs cannot be predicted
-/// without the keys, so clients choosing cache keys cannot aim at one
-/// hash chain or at S3-FIFO's remembered hashes.
+/// of seeded hash Go's maps use. It is several times faster than std's
+/// SipHash on short keys (with SipHash, hashing was a third to a half of
+/// the cost of a request, see `docs/BENCHMARKS.md`), and its outputs
+/// cannot be predicted without the keys, so clients choosing cache keys
+/// cannot make them collide or aim at S3-FIFO's remembered hashes.
 pub type KeyHasher = ahash::RandomState;
 
 /// A policy tracks keys with byte sizes against a byte capacity and picks

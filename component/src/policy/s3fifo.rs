@@ -243,7 +243,8 @@ impl<K: Hash + Eq + Clone + Send, S: BuildHasher + Send> Policy<K> for S3Fifo<K,
     }
 
     fn touch(&mut self, key: &K) -> bool {
-        let Some(idx) = self.table.get(key) else {
+        // Ghosts hold no key, so only a resident node matches exactly.
+        let Some(idx) = self.table.get_exact(key) else {
             return false;
         };
         let node = self.table.node_mut(idx);
@@ -276,7 +277,7 @@ impl<K: Hash + Eq + Clone + Send, S: BuildHasher + Send> Policy<K> for S3Fifo<K,
 
     fn contains(&self, key: &K) -> bool {
         self.table
-            .get(key)
+            .get_exact(key)
             .is_some_and(|idx| self.table.node(idx).queue != GHOST)
     }
 

@@ -78,7 +78,7 @@ impl<K: Hash + Eq + Clone, S: BuildHasher> Sieve<K, S> {
 impl<K: Hash + Eq + Clone + Send, S: BuildHasher + Send> Policy<K> for Sieve<K, S> {
     fn insert(&mut self, key: K, size: u64, evicted: &mut Vec<K>) {
         let hash = self.table.hash(&key);
-        let tracked = self.table.find(hash, &key);
+        let tracked = self.table.find_exact(hash, &key);
         if size > self.capacity {
             if let Some(idx) = tracked {
                 self.forget(idx);
@@ -106,7 +106,7 @@ impl<K: Hash + Eq + Clone + Send, S: BuildHasher + Send> Policy<K> for Sieve<K, 
     }
 
     fn touch(&mut self, key: &K) -> bool {
-        match self.table.get(key) {
+        match self.table.get_exact(key) {
             Some(idx) => {
                 self.table.node_mut(idx).freq = 1;
                 true
@@ -116,7 +116,7 @@ impl<K: Hash + Eq + Clone + Send, S: BuildHasher + Send> Policy<K> for Sieve<K, 
     }
 
     fn remove(&mut self, key: &K) -> bool {
-        match self.table.get(key) {
+        match self.table.get_exact(key) {
             Some(idx) => {
                 self.forget(idx);
                 true
@@ -130,7 +130,7 @@ impl<K: Hash + Eq + Clone + Send, S: BuildHasher + Send> Policy<K> for Sieve<K, 
     }
 
     fn contains(&self, key: &K) -> bool {
-        self.table.get(key).is_some()
+        self.table.get_exact(key).is_some()
     }
 
     fn len(&self) -> usize {

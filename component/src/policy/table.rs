@@ -2,23 +2,24 @@
 //! hash index, and linked into intrusive queues by index.
 //!
 //! Freed slots are reused, so once warm nothing allocates. Each node keeps
-//! its key's hash: the index maps a hash to a node (keys whose hashes
-//! collide are chained through the nodes), so dropping a victim never
-//! hashes its key again and a miss followed by an insert hashes the key
-//! only twice. The hash defaults to [`KeyHasher`], keyed at random, so
+//! its key's hash, and the index holds only node numbers (4 bytes a slot,
+//! so it stays small enough for the CPU caches longer): dropping a victim
+//! never hashes its key again, and a miss followed by an insert hashes the
+//! key only once. The hash defaults to [`KeyHasher`], keyed at random, so
 //! clients choosing keys cannot force collisions.
 
-use std::collections::HashMap;
-use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher};
+use std::hash::{BuildHasher, Hash};
+
+use hashbrown::HashTable;
 
 use super::KeyHasher;
 
-/// The end of a queue or chain, or no node.
+/// The end of a queue, or no node.
 pub(super) const NIL: u32 = u32::MAX;
 
 /// One tracked key.
 pub(super) struct Node<K> {
-    /// `None` while the slot is free.
+    /// `None` while the slot is free, or once the key was taken.
     key: Option<K>,
     hash: u64,
     /// Bytes the key accounts for.
@@ -27,34 +28,12 @@ pub(super) struct Node<K> {
     pub newer: u32,
     /// Towards the tail of its queue (inserted earlier).
     pub older: u32,
-    /// The next node whose key has the same hash; in a free slot, the next
-    /// free slot.
-    chain: u32,
+    /// In a free slot, the next free slot.
+    next_free: u32,
     /// Policy data: an access counter or a visited bit.
     pub freq: u8,
     /// Which of the policy's queues holds the node.
     pub queue: u8,
-}
-
-/// The index's keys are already hashes: pass them through.
-#[derive(Default)]
-struct Prehashed(u64);
-
-impl Hasher for Prehashed {
-    fn write(&mut self, bytes: &[u8]) {
-        // Only `write_u64` is used; this keeps any other use well defined.
-        for &b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(b);
-        }
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
-    }
 }
 
 /// Nodes addressed by `u32` index, with a free list and a hash index.
@@ -62,7 +41,8 @@ pub(super) struct Table<K, S = KeyHasher> {
     nodes: Vec<Node<K>>,
     free: u32,
     live: usize,
-    index: HashMap<u64, u32, BuildHasherDefault<Prehashed>>,
+    /// Node numbers, placed by their node's hash.
+    index: HashTable<u32>,
     hasher: S,
 }
 
@@ -79,7 +59,7 @@ impl<K: Hash + Eq, S: BuildHasher> Table<K, S> {
             nodes: Vec::new(),
             free: NIL,
             live: 0,
-            index: HashMap::default(),
+            index: HashTable::new(),
             hasher,
         }
     }
@@ -91,54 +71,72 @@ impl<K: Hash + Eq, S: BuildHasher> Table<K, S> {
     /// The node holding `key`, whose hash is `hash`; failing that, a node
     /// whose key was taken ([`Table::take_key`]) that had the same hash.
     pub fn find(&self, hash: u64, key: &K) -> Option<u32> {
-        let mut at = *self.index.get(&hash)?;
+        // One probe: note a keyless node on the way, keep looking for the key.
         let mut keyless = None;
-        loop {
-            let node = &self.nodes[at as usize];
+        let exact = self.index.find(hash, |&i| {
+            let node = &self.nodes[i as usize];
+            if node.hash != hash {
+                return false;
+            }
             match &node.key {
-                Some(k) if k == key => return Some(at),
-                Some(_) => {}
-                None => keyless = keyless.or(Some(at)),
+                Some(k) => k == key,
+                None => {
+                    keyless.get_or_insert(i);
+                    false
+                }
             }
-            at = node.chain;
-            if at == NIL {
-                return keyless;
-            }
-        }
+        });
+        exact.copied().or(keyless)
+    }
+
+    /// The node holding `key`, whose hash is `hash`.
+    pub fn find_exact(&self, hash: u64, key: &K) -> Option<u32> {
+        self.index
+            .find(hash, |&i| {
+                let node = &self.nodes[i as usize];
+                node.hash == hash && node.key.as_ref() == Some(key)
+            })
+            .copied()
     }
 
     pub fn get(&self, key: &K) -> Option<u32> {
         self.find(self.hash(key), key)
     }
 
+    /// The node holding `key` itself (never a keyless one).
+    pub fn get_exact(&self, key: &K) -> Option<u32> {
+        self.find_exact(self.hash(key), key)
+    }
+
     /// Stores a key that is not in the table, unlinked, and returns its index.
     pub fn insert(&mut self, hash: u64, key: K, size: u64, queue: u8) -> u32 {
-        let idx = if self.free != NIL {
-            self.free
-        } else {
-            u32::try_from(self.nodes.len())
-                .ok()
-                .filter(|&i| i != NIL)
-                .expect("a policy tracks fewer than 2^32 - 1 keys")
-        };
-        let chain = self.index.insert(hash, idx).unwrap_or(NIL);
         let node = Node {
             key: Some(key),
             hash,
             size,
             newer: NIL,
             older: NIL,
-            chain,
+            next_free: NIL,
             freq: 0,
             queue,
         };
-        if self.free != NIL {
+        let idx = if self.free != NIL {
+            let idx = self.free;
             let slot = &mut self.nodes[idx as usize];
-            self.free = slot.chain;
+            self.free = slot.next_free;
             *slot = node;
+            idx
         } else {
+            let idx = u32::try_from(self.nodes.len())
+                .ok()
+                .filter(|&i| i != NIL)
+                .expect("a policy tracks fewer than 2^32 - 1 keys");
             self.nodes.push(node);
-        }
+            idx
+        };
+        let nodes = &self.nodes;
+        self.index
+            .insert_unique(hash, idx, |&i| nodes[i as usize].hash);
         self.live += 1;
         idx
     }
@@ -173,25 +171,14 @@ impl<K: Hash + Eq, S: BuildHasher> Table<K, S> {
     }
 
     fn unindex(&mut self, idx: u32) -> Option<K> {
-        let node = &self.nodes[idx as usize];
-        let (hash, chain) = (node.hash, node.chain);
-        let head = self.index.get_mut(&hash).expect("live nodes are indexed");
-        if *head == idx {
-            if chain == NIL {
-                self.index.remove(&hash);
-            } else {
-                *head = chain;
-            }
-        } else {
-            let mut at = *head;
-            while self.nodes[at as usize].chain != idx {
-                at = self.nodes[at as usize].chain;
-            }
-            self.nodes[at as usize].chain = chain;
-        }
+        let hash = self.nodes[idx as usize].hash;
+        self.index
+            .find_entry(hash, |&i| i == idx)
+            .expect("live nodes are indexed")
+            .remove();
         let free = self.free;
         let slot = &mut self.nodes[idx as usize];
-        slot.chain = free;
+        slot.next_free = free;
         self.free = idx;
         self.live -= 1;
         slot.key.take()
@@ -289,15 +276,25 @@ impl List {
 mod tests {
     use super::*;
 
-    /// Every key hashes alike, so every key shares one chain.
+    /// Every key hashes alike.
     #[derive(Default)]
     struct Colliding;
 
-    impl BuildHasher for Colliding {
-        type Hasher = Prehashed;
+    struct Seven;
 
-        fn build_hasher(&self) -> Prehashed {
-            Prehashed(7)
+    impl std::hash::Hasher for Seven {
+        fn write(&mut self, _: &[u8]) {}
+
+        fn finish(&self) -> u64 {
+            7
+        }
+    }
+
+    impl BuildHasher for Colliding {
+        type Hasher = Seven;
+
+        fn build_hasher(&self) -> Seven {
+            Seven
         }
     }
 
@@ -359,7 +356,8 @@ mod tests {
             assert_eq!(table.get(&k), Some(ids[k as usize]));
         }
         assert_eq!(table.get(&9), None);
-        // Remove from the middle of the chain, its head and its end.
+        // Remove from the middle of the ones sharing the hash, the first
+        // and the last.
         assert_eq!(table.remove(ids[2]), 2);
         assert_eq!(table.remove(ids[4]), 4);
         assert_eq!(table.remove(ids[0]), 0);
