@@ -818,12 +818,12 @@ impl<R: Runtime> Inner<R> {
     }
 
     /// The tier a fill is written to: the first of `place.within` that
-    /// admits its size, tier 0 when the size is unknown.
-    fn place(&self, key: &str, place: Placement) -> Option<usize> {
+    /// admits it, tier 0 when its size is unknown.
+    fn place(&self, key: &str, meta: &Metadata, place: Placement) -> Option<usize> {
         let tiers = &self.tiers[..place.within];
         match place.size {
             None => (!tiers.is_empty()).then_some(0),
-            Some(size) => tiers.iter().position(|t| t.admits(key, size)),
+            Some(size) => tiers.iter().position(|t| t.admits(key, meta, size)),
         }
     }
 
@@ -864,7 +864,7 @@ impl<R: Runtime> Inner<R> {
         mut copy_after: Vec<u32>,
         needs_reader: bool,
     ) -> Result<FillPlan<R>> {
-        let top = self.place(key, place);
+        let top = self.place(key, meta, place);
         let mut sinks = Vec::new();
         if let Some(top) = top {
             sinks.push(self.tiers[top].begin_write(key, meta).await?);

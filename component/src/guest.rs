@@ -122,8 +122,8 @@ impl crate::Tier for store::Tier {
         Ok(entry.map(|e| (e.meta.into(), e.body)))
     }
 
-    fn admits(&self, key: &str, size: u64) -> bool {
-        store::Tier::admits(self, key, size)
+    fn admits(&self, key: &str, meta: &crate::Metadata, size: u64) -> bool {
+        store::Tier::admits(self, key, &meta.clone().into(), size)
     }
 
     async fn stat(&self, key: &str) -> crate::Result<Option<crate::Metadata>> {

@@ -54,10 +54,11 @@ pub trait Tier: 'static {
         let _ = key;
         Ok(None)
     }
-    /// Whether the tier would keep an entry of `size` bytes for `key`;
-    /// tiers that keep entries of any size keep this default.
-    fn admits(&self, key: &str, size: u64) -> bool {
-        let _ = (key, size);
+    /// Whether the tier would keep the entry of `key` with `meta` and a
+    /// body of `size` bytes; tiers that keep entries of any size keep
+    /// this default.
+    fn admits(&self, key: &str, meta: &Metadata, size: u64) -> bool {
+        let _ = (key, meta, size);
         true
     }
     /// Metadata of `key` without the body.

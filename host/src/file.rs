@@ -910,12 +910,14 @@ impl Tier for FileStore {
         self.inner.name.clone()
     }
 
-    fn admits(&self, key: &str, size: u64) -> bool {
+    fn admits(&self, key: &str, meta: &Metadata, size: u64) -> bool {
         let index = lock(&self.inner.index);
-        // The file also holds the key and the metadata: charged at least
-        // the body and the key, the commit still checks the whole file.
         index.policy.as_ref().is_none_or(|policy| {
-            policy.admits(&key_hash(key), size.saturating_add(key.len() as u64))
+            // Charged the whole file, as the commit charges it.
+            let mut encoded = BytesMut::new();
+            encode_meta(meta, &mut encoded);
+            let head = (FIXED + key.len() + encoded.len()) as u64;
+            policy.admits(&key_hash(key), size.saturating_add(head))
         })
     }
 

@@ -135,9 +135,10 @@ impl store::HostTier for HostState {
         &mut self,
         self_: Resource<TierRes>,
         key: String,
+        meta: types::Metadata,
         size: u64,
     ) -> wasmtime::Result<bool> {
-        Ok(self.table.get(&self_)?.0.admits(&key, size))
+        Ok(self.table.get(&self_)?.0.admits(&key, &meta.into(), size))
     }
 
     fn drop(&mut self, rep: Resource<TierRes>) -> wasmtime::Result<()> {

@@ -286,11 +286,9 @@ impl Tier for MemoryStore {
         self.inner.name.clone()
     }
 
-    fn admits(&self, key: &str, size: u64) -> bool {
-        // Charged as an entry without metadata: the sink still stops a
-        // body that, with its metadata, turns out too large.
-        let charged = charge(key, &Metadata::default(), size);
-        self.keeps(&Arc::from(key), charged)
+    fn admits(&self, key: &str, meta: &Metadata, size: u64) -> bool {
+        // Charged as the sink charges the entry once written.
+        self.keeps(&Arc::from(key), charge(key, meta, size))
     }
 
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<TierEntry>>> {

@@ -46,13 +46,14 @@ pub trait Tier: Send + Sync + 'static {
         let _ = key;
         Ok(None)
     }
-    /// Whether the store would keep an entry of `size` body bytes for
-    /// `key` (its capacity and eviction policy admit it). The engine
-    /// writes a body whose size the origin states to the first tier that
-    /// would. Must not block; stores that keep entries of any size keep
-    /// this default.
-    fn admits(&self, key: &str, size: u64) -> bool {
-        let _ = (key, size);
+    /// Whether the store would keep the entry of `key` with `meta` and
+    /// `size` body bytes (its capacity and eviction policy admit it,
+    /// charging the key and metadata as a write would). The engine writes
+    /// a body whose size the origin states to the first tier that would.
+    /// Must not block; stores that keep entries of any size keep this
+    /// default.
+    fn admits(&self, key: &str, meta: &Metadata, size: u64) -> bool {
+        let _ = (key, meta, size);
         true
     }
     /// The metadata of `key` without its body.

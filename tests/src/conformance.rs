@@ -64,8 +64,8 @@ impl<G: Any + Send + Sync> Tier for Guarded<G> {
         self.tier.get_whole(key)
     }
 
-    fn admits(&self, key: &str, size: u64) -> bool {
-        self.tier.admits(key, size)
+    fn admits(&self, key: &str, meta: &Metadata, size: u64) -> bool {
+        self.tier.admits(key, meta, size)
     }
 
     fn stat<'a>(&'a self, key: &'a str) -> BoxFuture<'a, daramjwee::Result<Option<Metadata>>> {

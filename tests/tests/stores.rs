@@ -580,7 +580,11 @@ async fn stores_say_which_sizes_they_would_keep() {
         Arc::new(FileStore::open("f", dir.path().join("unbounded")).expect("open")),
     ];
     for store in &unbounded {
-        assert!(store.admits("k", u64::MAX / 2), "{}", store.name());
+        assert!(
+            store.admits("k", &Metadata::default(), u64::MAX / 2),
+            "{}",
+            store.name()
+        );
     }
     for policy in POLICIES {
         let bounded: Vec<Arc<dyn Tier>> = vec![
@@ -594,8 +598,14 @@ async fn stores_say_which_sizes_they_would_keep() {
         ];
         for store in &bounded {
             let name = store.name();
-            assert!(store.admits("k", 1_000), "{name} {policy:?}");
-            assert!(!store.admits("k", 200_000), "{name} {policy:?}");
+            assert!(
+                store.admits("k", &Metadata::default(), 1_000),
+                "{name} {policy:?}"
+            );
+            assert!(
+                !store.admits("k", &Metadata::default(), 200_000),
+                "{name} {policy:?}"
+            );
             // What the store says it would not keep, it does not keep.
             put(
                 store.as_ref(),
@@ -606,6 +616,58 @@ async fn stores_say_which_sizes_they_would_keep() {
             )
             .await;
             assert!(store.get("big").await.expect("get").is_none(), "{name}");
+        }
+    }
+}
+
+/// At the edge of what a bounded store keeps, the metadata decides: the
+/// largest body it admits with no metadata is refused with a large
+/// attribute, and either way the store keeps exactly what it admitted.
+#[tokio::test]
+async fn stores_count_the_metadata_when_saying_what_they_would_keep() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let plain = Metadata::default();
+    let rich = Metadata {
+        attributes: vec![("x-note".into(), "n".repeat(2_000))],
+        ..Metadata::default()
+    };
+    for policy in POLICIES {
+        let bounded: Vec<Arc<dyn Tier>> = vec![
+            Arc::new(MemoryStore::with_capacity("m", 100_000, policy)),
+            Arc::new(
+                FileStore::builder(dir.path().join(format!("edge-{policy:?}")))
+                    .capacity(100_000, policy)
+                    .open("f")
+                    .expect("open"),
+            ),
+        ];
+        for store in &bounded {
+            let name = store.name();
+            // The largest body admitted without metadata.
+            let (mut yes, mut no) = (0u64, 200_000u64);
+            while no - yes > 1 {
+                let mid = (yes + no) / 2;
+                if store.admits("edge", &plain, mid) {
+                    yes = mid;
+                } else {
+                    no = mid;
+                }
+            }
+            assert!(yes > 2_000, "{name} {policy:?} admits {yes}");
+            assert!(
+                !store.admits("edge", &rich, yes),
+                "{name} {policy:?}: {yes} bytes with 2 KB of metadata"
+            );
+            let len = usize::try_from(yes).expect("small");
+            put(store.as_ref(), "edge", rich.clone(), &body(2, len), 4096).await;
+            assert!(
+                store.get("edge").await.expect("get").is_none(),
+                "{name} {policy:?} kept what it refused"
+            );
+            put(store.as_ref(), "edge", plain.clone(), &body(3, len), 4096).await;
+            let kept = store.get("edge").await.expect("get");
+            assert!(kept.is_some(), "{name} {policy:?} refused what it admitted");
+            assert_eq!(read_all(kept.expect("kept")).await, body(3, len));
         }
     }
 }

@@ -91,7 +91,7 @@ pub struct MockTier {
     pub gets: Rc<Cell<usize>>,
     /// Whether `get_whole` answers (a tier holding its entries in memory).
     pub in_memory: Rc<Cell<bool>>,
-    /// The largest entry `admits` accepts; `None` accepts any.
+    /// The most bytes of body and tag `admits` accepts; `None` accepts any.
     pub max_entry: Rc<Cell<Option<u64>>>,
 }
 
@@ -175,8 +175,11 @@ impl Tier for MockTier {
         Ok(self.entries.borrow().get(key).cloned())
     }
 
-    fn admits(&self, _key: &str, size: u64) -> bool {
-        self.max_entry.get().is_none_or(|max| size <= max)
+    fn admits(&self, _key: &str, meta: &Metadata, size: u64) -> bool {
+        // Charged the body and the tag.
+        self.max_entry
+            .get()
+            .is_none_or(|max| size + meta.tag.len() as u64 <= max)
     }
 
     async fn stat(&self, key: &str) -> Result<Option<Metadata>> {

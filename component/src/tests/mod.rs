@@ -77,6 +77,26 @@ fn a_body_of_known_size_goes_to_the_first_tier_that_admits_it() {
 }
 
 #[test]
+fn the_metadata_counts_towards_what_a_tier_admits() {
+    let mut h = Harness::new(2);
+    h.tiers[0].max_entry.set(Some(8));
+    // Six bytes of body fit tier 0 with a short tag, not with a long one.
+    let origin = MockOrigin::replying([body("v", b"sixsix")]).sized();
+    let r = h.get("short", &origin).unwrap();
+    assert_eq!(h.run(read_body(r.body)).unwrap(), b"sixsix");
+    assert_eq!(h.tiers[0].body("short").unwrap(), b"sixsix");
+    let origin = MockOrigin::replying([body("a-long-tag", b"sixsix")]).sized();
+    let r = h.get("long", &origin).unwrap();
+    assert!(r.stored);
+    assert_eq!(h.run(read_body(r.body)).unwrap(), b"sixsix");
+    assert!(
+        h.tiers[0].body("long").is_none(),
+        "tier 0 would not keep it"
+    );
+    assert_eq!(h.tiers[1].body("long").unwrap(), b"sixsix");
+}
+
+#[test]
 fn a_body_no_tier_admits_is_served_and_stored_nowhere() {
     let mut h = Harness::new(2);
     for tier in &h.tiers {

@@ -78,7 +78,7 @@ impl<S: KeyValue> Tier for KvTier<S> {
     }
 
     /// Bodies over `max_entry` bytes are not stored.
-    fn admits(&self, _key: &str, size: u64) -> bool {
+    fn admits(&self, _key: &str, _meta: &Metadata, size: u64) -> bool {
         size <= self.max_entry
     }
 
