@@ -572,6 +572,19 @@ async fn a_directory_in_use_cannot_be_opened_twice() {
     FileStore::open("again", dir.path()).expect("free again");
 }
 
+/// A memory store and a file store (under `dir`) of 100 000 bytes each.
+fn bounded_stores(dir: &Path, policy: PolicyKind) -> Vec<Arc<dyn Tier>> {
+    vec![
+        Arc::new(MemoryStore::with_capacity("m", 100_000, policy)),
+        Arc::new(
+            FileStore::builder(dir)
+                .capacity(100_000, policy)
+                .open("f")
+                .expect("open"),
+        ),
+    ]
+}
+
 #[tokio::test]
 async fn stores_say_which_sizes_they_would_keep() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -587,15 +600,7 @@ async fn stores_say_which_sizes_they_would_keep() {
         );
     }
     for policy in POLICIES {
-        let bounded: Vec<Arc<dyn Tier>> = vec![
-            Arc::new(MemoryStore::with_capacity("m", 100_000, policy)),
-            Arc::new(
-                FileStore::builder(dir.path().join(format!("{policy:?}")))
-                    .capacity(100_000, policy)
-                    .open("f")
-                    .expect("open"),
-            ),
-        ];
+        let bounded = bounded_stores(&dir.path().join(format!("{policy:?}")), policy);
         for store in &bounded {
             let name = store.name();
             assert!(
@@ -632,15 +637,7 @@ async fn stores_count_the_metadata_when_saying_what_they_would_keep() {
         ..Metadata::default()
     };
     for policy in POLICIES {
-        let bounded: Vec<Arc<dyn Tier>> = vec![
-            Arc::new(MemoryStore::with_capacity("m", 100_000, policy)),
-            Arc::new(
-                FileStore::builder(dir.path().join(format!("edge-{policy:?}")))
-                    .capacity(100_000, policy)
-                    .open("f")
-                    .expect("open"),
-            ),
-        ];
+        let bounded = bounded_stores(&dir.path().join(format!("edge-{policy:?}")), policy);
         for store in &bounded {
             let name = store.name();
             // The largest body admitted without metadata.
