@@ -132,13 +132,13 @@ impl hits::GuestHitPath for HitPath {
         &self,
         key: String,
         if_none_match: Option<String>,
-    ) -> std::result::Result<Option<wit::WholeResponse>, wit::Error> {
+    ) -> std::result::Result<Option<hits::Hit>, wit::Error> {
         #[cfg(feature = "fault-injection")]
         crate::faults::inject(&key);
         let r = self.engine.peek_whole(&key, if_none_match.as_deref())?;
-        Ok(r.map(|r| wit::WholeResponse {
+        // The metadata is tier 0's, unchanged: the host keeps its own.
+        Ok(r.map(|r| hits::Hit {
             status: r.status.into(),
-            meta: r.meta.into(),
             body: r.body,
         }))
     }

@@ -14,10 +14,12 @@ use std::time::{Duration, Instant};
 use wasmtime::component::{Linker, Resource, ResourceAny};
 use wasmtime::{Store, StoreLimitsBuilder};
 
+use crate::Source;
+use crate::body::Body;
 use crate::cache::GetResponse;
 use crate::component::{self, runtime};
 use crate::imports::{HostState, TierRes, WitResult};
-use crate::shard::{ShardSpec, whole_response};
+use crate::shard::{ShardSpec, status};
 use crate::{Error, Result};
 
 #[allow(missing_docs, reason = "generated bindings")]
@@ -70,7 +72,25 @@ impl whole_store::HostTier for HostState {
         self_: Resource<TierRes>,
         key: String,
     ) -> WitResult<Option<crate::bindings::types::WholeEntry>> {
-        HostState::get_whole(self, &self_, &key)
+        let found = match self.table.get(&self_)?.0.get_whole(&key) {
+            Ok(found) => found,
+            Err(e) => return Ok(Err(e.into())),
+        };
+        let Some((meta, body)) = found else {
+            return Ok(Ok(None));
+        };
+        // The hit path reads no attributes, and its answer refers to
+        // this metadata: keep it here, hand over the rest.
+        let lent = crate::Metadata {
+            attributes: Vec::new(),
+            tag: meta.tag.clone(),
+            ..meta
+        };
+        self.whole_meta = Some(meta);
+        Ok(Ok(Some(crate::bindings::types::WholeEntry {
+            meta: lent.into(),
+            body: self.table.push(crate::imports::HeldBodyRes(body))?,
+        })))
     }
 
     fn drop(&mut self, rep: Resource<TierRes>) -> wasmtime::Result<()> {
@@ -157,13 +177,34 @@ impl Instance {
         inm: Option<&str>,
     ) -> wasmtime::Result<Result<Option<GetResponse>>> {
         self.store.set_epoch_deadline(self.call_ticks);
+        self.store.data_mut().whole_meta = None;
         let answer = self
             .guest
             .daramjwee_cache_hits()
             .hit_path()
             .call_peek_whole(&mut self.store, self.path, key, inm)?;
+        let state = self.store.data_mut();
+        let meta = state.whole_meta.take();
         Ok(match answer {
-            Ok(Some(found)) => Ok(Some(whole_response(found, self.store.data_mut())?)),
+            Ok(Some(hit)) => {
+                let Some(meta) = meta else {
+                    return Err(wasmtime::Error::msg(
+                        "the hit path answered without reading tier 0",
+                    ));
+                };
+                let body = match hit.body {
+                    Some(held) => Some(Body::whole(state.take_held(held)?)),
+                    None => None,
+                };
+                Ok(Some(GetResponse {
+                    status: status(hit.status),
+                    meta,
+                    source: Source::Tier(0),
+                    stale: false,
+                    stored: false,
+                    body,
+                }))
+            }
             Ok(None) => Ok(None),
             Err(e) => Err(e.into()),
         })

@@ -27,7 +27,7 @@ use crate::{Error, Metadata};
 pub struct TierRes(pub(crate) Arc<dyn Tier>);
 
 /// A body held here while the engine decides what to answer.
-pub struct HeldBodyRes(Bytes);
+pub struct HeldBodyRes(pub(crate) Bytes);
 
 /// A write in progress, owned by the engine. Dropping it aborts.
 pub struct SinkRes(Option<Box<dyn TierSink>>);
@@ -50,6 +50,9 @@ pub struct HostState {
     /// The watchdog's last sight of `transitions`, and the epoch tick
     /// since which it has not moved.
     pub(crate) watchdog: (u64, u64),
+    /// In a hit-path store: the metadata of the entry tier 0 handed over
+    /// during the current call, which the answer refers to.
+    pub(crate) whole_meta: Option<Metadata>,
 }
 
 impl HostState {
@@ -60,6 +63,7 @@ impl HostState {
             limits,
             transitions: 0,
             watchdog: (0, 0),
+            whole_meta: None,
         }
     }
 }

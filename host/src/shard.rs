@@ -540,7 +540,7 @@ impl Calls<'_> {
     }
 }
 
-fn status(s: types::Status) -> Status {
+pub(crate) fn status(s: types::Status) -> Status {
     match s {
         cache::Status::Ok => Status::Ok,
         cache::Status::NotModified => Status::NotModified,

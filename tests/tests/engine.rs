@@ -811,6 +811,52 @@ async fn read_on_shard(cache: &Cache, key: &'static str, origin: Origin) -> Byte
 }
 
 #[tokio::test]
+async fn hit_path_answers_carry_the_entrys_whole_metadata() {
+    let cache = Cache::builder()
+        .tier(daramjwee::MemoryStore::new("mem"))
+        .fresh_for(Duration::from_secs(60))
+        .build()
+        .await
+        .unwrap();
+    let meta = Metadata {
+        fresh_for: Some(Duration::from_secs(30)),
+        attributes: vec![
+            ("content-type".into(), "text/x-kept".into()),
+            ("x-note".into(), "é".repeat(100)),
+        ],
+        ..Metadata::tagged("v1")
+    };
+    let mut writer = cache.set("k", meta.clone()).await.unwrap();
+    writer.write("body").await.unwrap();
+    writer.commit().await.unwrap();
+    let answered = cache.hit_path_answers();
+    let c = cache.clone();
+    let (ok, not_modified) = on_shard(&cache, async move {
+        let origin = Origin::new([]);
+        let ok = c.get("k", origin.clone()).await.unwrap();
+        let not_modified = c
+            .get_if_none_match("k", Some("\"v1\""), origin)
+            .await
+            .unwrap();
+        (ok, not_modified)
+    })
+    .await;
+    assert_eq!(
+        cache.hit_path_answers(),
+        answered + 2,
+        "both from the hit path"
+    );
+    assert_eq!(not_modified.status, Status::NotModified);
+    for r in [&ok, &not_modified] {
+        assert_eq!(r.meta.tag, "v1");
+        assert_eq!(r.meta.attributes, meta.attributes);
+        assert_eq!(r.meta.fresh_for, meta.fresh_for);
+        assert!(r.meta.cached_at.is_some());
+    }
+    assert_eq!(read(ok).await.unwrap(), Bytes::from("body"));
+}
+
+#[tokio::test]
 async fn fresh_memory_hits_are_answered_whole_on_and_off_the_shard_threads() {
     let tier = Counting::new();
     let cache = Cache::builder()
