@@ -1,8 +1,11 @@
 //! The WIT glue of the hit path (world `hit-path`): the engine's
-//! [`Engine::peek_whole`] over tiers that only hand over whole entries,
-//! in plain synchronous calls. Nothing here waits: the runtime's parts
-//! that `peek_whole` never uses answer with an error or never finish.
+//! [`Engine::peek_whole`] over the entry the host lends each call as tier
+//! 0's, in plain synchronous calls. Nothing here waits: the runtime's
+//! parts that `peek_whole` never uses answer with an error or never
+//! finish.
 
+use std::cell::RefCell;
+use std::rc::Rc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::{Body, Engine, Entry, Error, Fetched, Job, Metadata, Origin, Result, Runtime, Sink};
@@ -12,7 +15,7 @@ mod bindings {
     wit_bindgen::generate!({ path: "../wit", world: "hit-path" });
 }
 
-use bindings::daramjwee::cache::{types as wit, whole_store};
+use bindings::daramjwee::cache::types as wit;
 use bindings::exports::daramjwee::cache::hits;
 
 /// What the hit path never has: a body stream, a write, an origin.
@@ -46,18 +49,27 @@ fn whole_only() -> Error {
     Error::Other("the hit path reads whole entries only".into())
 }
 
-impl crate::Tier for whole_store::Tier {
+/// The entry lent for the current call, taken by the engine's read.
+type Slot = Rc<RefCell<Option<(Metadata, wit::HeldBody)>>>;
+
+/// A tier as the hit path sees it: tier 0 holds, for one call, the entry
+/// the host lent; the others hold nothing.
+struct Lent {
+    name: String,
+    slot: Slot,
+}
+
+impl crate::Tier for Lent {
     type Body = Never;
     type Sink = Never;
     type Whole = wit::HeldBody;
 
     fn name(&self) -> String {
-        whole_store::Tier::name(self)
+        self.name.clone()
     }
 
-    fn get_whole(&self, key: &str) -> Result<Option<(Metadata, wit::HeldBody)>> {
-        let entry = whole_store::Tier::get_whole(self, key)?;
-        Ok(entry.map(|e| (e.meta.into(), e.body)))
+    fn get_whole(&self, _: &str) -> Result<Option<(Metadata, wit::HeldBody)>> {
+        Ok(self.slot.borrow_mut().take())
     }
 
     async fn get(&self, _: &str) -> Result<Option<Entry<Never>>> {
@@ -82,7 +94,7 @@ struct HitRt;
 impl Runtime for HitRt {
     type Body = Never;
     type Sink = Never;
-    type Tier = whole_store::Tier;
+    type Tier = Lent;
     type Origin = Never;
 
     fn now_ms(&self) -> u64 {
@@ -111,33 +123,52 @@ impl hits::Guest for Component {
 
 struct HitPath {
     engine: Engine<HitRt>,
+    /// Tier 0's slot.
+    lent: Slot,
 }
 
 impl hits::GuestHitPath for HitPath {
     fn open(
         config: wit::Config,
-        tiers: Vec<whole_store::Tier>,
+        tiers: Vec<String>,
     ) -> std::result::Result<hits::HitPath, wit::Error> {
         #[cfg(feature = "fault-injection")]
-        if tiers.first().is_some_and(|t| t.name() == "fault:open") {
+        if tiers.first().is_some_and(|name| name == "fault:open") {
             return Err(wit::Error::Other(
                 "injected: the hit path does not open".into(),
             ));
         }
+        let lent = Slot::default();
+        let tiers = tiers
+            .into_iter()
+            .enumerate()
+            .map(|(i, name)| Lent {
+                name,
+                slot: if i == 0 {
+                    Rc::clone(&lent)
+                } else {
+                    Slot::default()
+                },
+            })
+            .collect();
         let engine = Engine::open(config.into(), tiers, HitRt)?;
-        Ok(hits::HitPath::new(HitPath { engine }))
+        Ok(hits::HitPath::new(HitPath { engine, lent }))
     }
 
     fn peek_whole(
         &self,
         key: String,
         if_none_match: Option<String>,
+        entry: wit::WholeEntry,
     ) -> std::result::Result<Option<hits::Hit>, wit::Error> {
         #[cfg(feature = "fault-injection")]
         crate::faults::inject(&key);
-        let r = self.engine.peek_whole(&key, if_none_match.as_deref())?;
-        // The metadata is tier 0's, unchanged: the host keeps its own.
-        Ok(r.map(|r| hits::Hit {
+        *self.lent.borrow_mut() = Some((entry.meta.into(), entry.body));
+        let r = self.engine.peek_whole(&key, if_none_match.as_deref());
+        // Whatever the engine did not take goes back (dropped) now.
+        self.lent.borrow_mut().take();
+        // The metadata is the lent entry's, unchanged: the host keeps it.
+        Ok(r?.map(|r| hits::Hit {
             status: r.status.into(),
             body: r.body,
         }))

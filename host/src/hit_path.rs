@@ -1,25 +1,27 @@
 //! The hit path: the engine's `peek-whole` built alone as a component
-//! that imports nothing that waits (world `hit-path`), instantiated in a
-//! plain synchronous store beside each shard. A fresh memory hit for a
-//! request served on a shard thread is one call into it, with no task,
-//! stream or thread hop; anything it cannot answer goes to the engine
-//! instance as before. It holds no per-key state, so it can answer for
-//! every key, as `peek` does.
+//! that imports nothing (world `hit-path`), instantiated in a plain
+//! synchronous store beside each shard. For a request served on a shard
+//! thread, the host reads tier 0 (`Tier::get_whole`) and, when it holds
+//! the entry in memory, lends it to one call into the hit path, which
+//! decides: no task, stream or thread hop. Anything it cannot answer goes
+//! to the engine instance as before. It holds no per-key state, so it
+//! can answer for every key, as `peek` does.
 
 use std::cell::RefCell;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use wasmtime::component::{Linker, Resource, ResourceAny};
+use wasmtime::component::{Linker, ResourceAny};
 use wasmtime::{Store, StoreLimitsBuilder};
 
 use crate::Source;
 use crate::body::Body;
 use crate::cache::GetResponse;
 use crate::component::{self, runtime};
-use crate::imports::{HostState, TierRes, WitResult};
+use crate::imports::{HeldBodyRes, HostState};
 use crate::shard::{ShardSpec, status};
+use crate::tier::Tier;
 use crate::{Error, Result};
 
 #[allow(missing_docs, reason = "generated bindings")]
@@ -27,15 +29,11 @@ mod bindings {
     wasmtime::component::bindgen!({
         path: "../wit",
         world: "daramjwee:cache/hit-path",
-        imports: { default: trappable },
         with: {
             "daramjwee:cache/types": crate::bindings::types,
-            "daramjwee:cache/whole-store.tier": crate::imports::TierRes,
         },
     });
 }
-
-use bindings::daramjwee::cache::whole_store;
 
 /// The hit-path component built from this repository's `component/`
 /// crate (feature `hit-path`), carried inside the binary. It runs only
@@ -59,45 +57,6 @@ pub(crate) static FAULTY: Wasm = Wasm {
     bytes: include_bytes!(env!("DARAMJWEE_FAULTY_HIT_PATH_WASM")),
     digest: env!("DARAMJWEE_FAULTY_HIT_PATH_WASM_DIGEST"),
 };
-
-impl whole_store::Host for HostState {}
-
-impl whole_store::HostTier for HostState {
-    fn name(&mut self, self_: Resource<TierRes>) -> wasmtime::Result<String> {
-        Ok(self.table.get(&self_)?.0.name())
-    }
-
-    fn get_whole(
-        &mut self,
-        self_: Resource<TierRes>,
-        key: String,
-    ) -> WitResult<Option<crate::bindings::types::WholeEntry>> {
-        let found = match self.table.get(&self_)?.0.get_whole(&key) {
-            Ok(found) => found,
-            Err(e) => return Ok(Err(e.into())),
-        };
-        let Some((meta, body)) = found else {
-            return Ok(Ok(None));
-        };
-        // The hit path reads no attributes, and its answer refers to
-        // this metadata: keep it here, hand over the rest.
-        let lent = crate::Metadata {
-            attributes: Vec::new(),
-            tag: meta.tag.clone(),
-            ..meta
-        };
-        self.whole_meta = Some(meta);
-        Ok(Ok(Some(crate::bindings::types::WholeEntry {
-            meta: lent.into(),
-            body: self.table.push(crate::imports::HeldBodyRes(body))?,
-        })))
-    }
-
-    fn drop(&mut self, rep: Resource<TierRes>) -> wasmtime::Result<()> {
-        self.table.delete(rep)?;
-        Ok(())
-    }
-}
 
 /// The hit-path component, ready to instantiate.
 pub(crate) type Pre = bindings::HitPathPre<HostState>;
@@ -129,11 +88,12 @@ pub(crate) fn load(wasm: &'static Wasm, cache_dir: Option<&std::path::Path>) -> 
     Ok(pre)
 }
 
-/// One instance of the hit path, opened over a cache's tiers.
+/// One instance of the hit path, opened for a cache, and its tier 0.
 struct Instance {
     store: Store<HostState>,
     guest: bindings::HitPath,
     path: ResourceAny,
+    tier0: Arc<dyn Tier>,
     /// The longest a call may run, in epoch ticks.
     call_ticks: u64,
 }
@@ -141,6 +101,11 @@ struct Instance {
 impl Instance {
     fn open(pre: &Pre, spec: &ShardSpec) -> Result<Self> {
         let engine_err = |e: wasmtime::Error| Error::Engine(format!("hit path: {e:?}"));
+        let Some(tier0) = spec.tiers.first() else {
+            return Err(Error::Engine(
+                "hit path: a cache has at least one tier".into(),
+            ));
+        };
         let limits = StoreLimitsBuilder::new()
             .memory_size(spec.memory_limit)
             .trap_on_grow_failure(true)
@@ -152,48 +117,54 @@ impl Instance {
         store.epoch_deadline_trap();
         store.set_epoch_deadline(spec.call_ticks);
         let guest = pre.instantiate(&mut store).map_err(engine_err)?;
-        let tiers = spec
-            .tiers
-            .iter()
-            .map(|t| store.data_mut().table.push(TierRes(Arc::clone(t))))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| Error::Engine(format!("hit path: {e}")))?;
+        let names: Vec<String> = spec.tiers.iter().map(|t| t.name()).collect();
         let path = guest
             .daramjwee_cache_hits()
             .hit_path()
-            .call_open(&mut store, &spec.config, &tiers)
+            .call_open(&mut store, &spec.config, &names)
             .map_err(engine_err)??;
         Ok(Instance {
             store,
             guest,
             path,
+            tier0: Arc::clone(tier0),
             call_ticks: spec.call_ticks,
         })
     }
 
+    /// Reads tier 0 and, when it hands the entry over at once, lets the
+    /// hit path decide on it. `Ok(Ok(None))`: no answer here.
     fn peek_whole(
         &mut self,
         key: &str,
         inm: Option<&str>,
     ) -> wasmtime::Result<Result<Option<GetResponse>>> {
+        let (meta, body) = match self.tier0.get_whole(key) {
+            Ok(Some(found)) => found,
+            Ok(None) => return Ok(Ok(None)),
+            Err(e) => return Ok(Err(e)),
+        };
+        // The engine reads no attributes, and its answer refers to this
+        // entry: lend it the rest, keep the whole metadata here.
+        let lent = crate::Metadata {
+            attributes: Vec::new(),
+            tag: meta.tag.clone(),
+            ..meta
+        };
+        let entry = crate::bindings::types::WholeEntry {
+            meta: lent.into(),
+            body: self.store.data_mut().table.push(HeldBodyRes(body))?,
+        };
         self.store.set_epoch_deadline(self.call_ticks);
-        self.store.data_mut().whole_meta = None;
         let answer = self
             .guest
             .daramjwee_cache_hits()
             .hit_path()
-            .call_peek_whole(&mut self.store, self.path, key, inm)?;
-        let state = self.store.data_mut();
-        let meta = state.whole_meta.take();
+            .call_peek_whole(&mut self.store, self.path, key, inm, &entry)?;
         Ok(match answer {
             Ok(Some(hit)) => {
-                let Some(meta) = meta else {
-                    return Err(wasmtime::Error::msg(
-                        "the hit path answered without reading tier 0",
-                    ));
-                };
                 let body = match hit.body {
-                    Some(held) => Some(Body::whole(state.take_held(held)?)),
+                    Some(held) => Some(Body::whole(self.store.data_mut().take_held(held)?)),
                     None => None,
                 };
                 Ok(Some(GetResponse {

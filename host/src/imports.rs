@@ -50,9 +50,6 @@ pub struct HostState {
     /// The watchdog's last sight of `transitions`, and the epoch tick
     /// since which it has not moved.
     pub(crate) watchdog: (u64, u64),
-    /// In a hit-path store: the metadata of the entry tier 0 handed over
-    /// during the current call, which the answer refers to.
-    pub(crate) whole_meta: Option<Metadata>,
 }
 
 impl HostState {
@@ -63,7 +60,6 @@ impl HostState {
             limits,
             transitions: 0,
             watchdog: (0, 0),
-            whole_meta: None,
         }
     }
 }

@@ -594,11 +594,16 @@ async fn faulty_cache_over(
     tier: &str,
     configure: impl FnOnce(daramjwee::CacheBuilder) -> daramjwee::CacheBuilder,
 ) -> Cache {
+    faulty_cache_with(daramjwee::MemoryStore::new(tier), configure).await
+}
+
+/// A cache of the faulty engine over `tier`.
+async fn faulty_cache_with(
+    tier: daramjwee::MemoryStore,
+    configure: impl FnOnce(daramjwee::CacheBuilder) -> daramjwee::CacheBuilder,
+) -> Cache {
     let component = ComponentSource::Bytes(Arc::from(daramjwee::FAULTY_COMPONENT));
-    let builder = Cache::builder()
-        .tier(daramjwee::MemoryStore::new(tier))
-        .shards(1)
-        .component(component);
+    let builder = Cache::builder().tier(tier).shards(1).component(component);
     configure(builder).build().await.unwrap()
 }
 
@@ -622,7 +627,21 @@ async fn a_trapping_guest_call_fails_that_request_and_the_instance_is_replaced()
 
 #[tokio::test]
 async fn a_fault_in_the_hit_path_sends_the_request_on_and_replaces_it() {
-    let cache = faulty_cache(|b| b.call_time_limit(Duration::from_millis(200))).await;
+    // The hit path is asked only about what tier 0 holds: it holds the
+    // faulting keys, fresh.
+    let tier = daramjwee::MemoryStore::new("m");
+    for fault in ["fault:trap", "fault:loop"] {
+        let meta = Metadata {
+            cached_at: Some(std::time::SystemTime::now()),
+            ..Metadata::tagged("f")
+        };
+        put(&tier, fault, meta, b"never served").await;
+    }
+    let cache = faulty_cache_with(tier, |b| {
+        b.call_time_limit(Duration::from_millis(200))
+            .fresh_for(Duration::from_secs(60))
+    })
+    .await;
     let origin = Origin::new([Reply::Body("v", Bytes::from("survives"))]);
     read(cache.get("k", origin.clone()).await.unwrap())
         .await
