@@ -1,12 +1,11 @@
 //! The WIT glue of the hit path (world `hit-path`): the engine's
 //! [`Engine::peek_whole`] over the entry the host lends each call as tier
-//! 0's, in plain synchronous calls. Nothing here waits: the runtime's
-//! parts that `peek_whole` never uses answer with an error or never
-//! finish.
+//! 0's, at the time it gives, in plain synchronous calls. Nothing here
+//! waits or calls out: the runtime's parts that `peek_whole` never uses
+//! answer with an error or never finish.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::{Body, Engine, Entry, Error, Fetched, Job, Metadata, Origin, Result, Runtime, Sink};
 
@@ -89,7 +88,10 @@ impl crate::Tier for Lent {
     }
 }
 
-struct HitRt;
+/// The hit path's runtime: the time is the host's, given with each call.
+struct HitRt {
+    now: Rc<Cell<u64>>,
+}
 
 impl Runtime for HitRt {
     type Body = Never;
@@ -98,10 +100,7 @@ impl Runtime for HitRt {
     type Origin = Never;
 
     fn now_ms(&self) -> u64 {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0)
+        self.now.get()
     }
 
     fn sleep(&self, _: u64) -> impl Future<Output = ()> {
@@ -125,6 +124,8 @@ struct HitPath {
     engine: Engine<HitRt>,
     /// Tier 0's slot.
     lent: Slot,
+    /// The runtime's clock.
+    now: Rc<Cell<u64>>,
 }
 
 impl hits::GuestHitPath for HitPath {
@@ -151,8 +152,12 @@ impl hits::GuestHitPath for HitPath {
                 },
             })
             .collect();
-        let engine = Engine::open(config.into(), tiers, HitRt)?;
-        Ok(hits::HitPath::new(HitPath { engine, lent }))
+        let now = Rc::new(Cell::new(0));
+        let rt = HitRt {
+            now: Rc::clone(&now),
+        };
+        let engine = Engine::open(config.into(), tiers, rt)?;
+        Ok(hits::HitPath::new(HitPath { engine, lent, now }))
     }
 
     fn peek_whole(
@@ -160,9 +165,11 @@ impl hits::GuestHitPath for HitPath {
         key: String,
         if_none_match: Option<String>,
         entry: wit::WholeEntry,
+        now: wit::Timestamp,
     ) -> std::result::Result<Option<hits::Hit>, wit::Error> {
         #[cfg(feature = "fault-injection")]
         crate::faults::inject(&key);
+        self.now.set(now);
         *self.lent.borrow_mut() = Some((entry.meta.into(), entry.body));
         let r = self.engine.peek_whole(&key, if_none_match.as_deref());
         // Whatever the engine did not take goes back (dropped) now.

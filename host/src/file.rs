@@ -911,14 +911,16 @@ impl Tier for FileStore {
     }
 
     fn admits(&self, key: &str, meta: &Metadata, size: u64) -> bool {
+        // Charged the whole file, as the commit charges it.
+        let mut encoded = BytesMut::new();
+        encode_meta(meta, &mut encoded);
+        let charged = size.saturating_add((FIXED + key.len() + encoded.len()) as u64);
+        let hash = key_hash(key);
         let index = lock(&self.inner.index);
-        index.policy.as_ref().is_none_or(|policy| {
-            // Charged the whole file, as the commit charges it.
-            let mut encoded = BytesMut::new();
-            encode_meta(meta, &mut encoded);
-            let head = (FIXED + key.len() + encoded.len()) as u64;
-            policy.admits(&key_hash(key), size.saturating_add(head))
-        })
+        index
+            .policy
+            .as_ref()
+            .is_none_or(|policy| policy.admits(&hash, charged))
     }
 
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<TierEntry>>> {

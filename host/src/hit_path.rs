@@ -1,9 +1,10 @@
 //! The hit path: the engine's `peek-whole` built alone as a component
-//! that imports nothing (world `hit-path`), instantiated in a plain
+//! whose world imports nothing (`hit-path`), instantiated in a plain
 //! synchronous store beside each shard. For a request served on a shard
 //! thread, the host reads tier 0 (`Tier::get_whole`) and, when it holds
-//! the entry in memory, lends it to one call into the hit path, which
-//! decides: no task, stream or thread hop. Anything it cannot answer goes
+//! the entry in memory, lends it with the time to one call into the hit
+//! path, which decides: no task, stream or thread hop, and for a hit no
+//! call back. Anything it cannot answer goes
 //! to the engine instance as before. It holds no per-key state, so it
 //! can answer for every key, as `peek` does.
 
@@ -88,12 +89,21 @@ pub(crate) fn load(wasm: &'static Wasm, cache_dir: Option<&std::path::Path>) -> 
     Ok(pre)
 }
 
+/// Wall-clock milliseconds since the Unix epoch, as the engine counts.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 /// One instance of the hit path, opened for a cache, and its tier 0.
 struct Instance {
     store: Store<HostState>,
     guest: bindings::HitPath,
     path: ResourceAny,
     tier0: Arc<dyn Tier>,
+    /// Keys longer are refused by the engine, so tier 0 is not asked.
+    max_key_len: usize,
     /// The longest a call may run, in epoch ticks.
     call_ticks: u64,
 }
@@ -128,6 +138,7 @@ impl Instance {
             guest,
             path,
             tier0: Arc::clone(tier0),
+            max_key_len: spec.config.max_key_len as usize,
             call_ticks: spec.call_ticks,
         })
     }
@@ -139,10 +150,16 @@ impl Instance {
         key: &str,
         inm: Option<&str>,
     ) -> wasmtime::Result<Result<Option<GetResponse>>> {
+        // A key the engine refuses is not looked up: the engine answers it.
+        if key.is_empty() || key.len() > self.max_key_len {
+            return Ok(Ok(None));
+        }
+        // Tier 0's answers mean what they mean to the engine's own
+        // `peek-whole`: a refused key is an error, a failing tier none.
         let (meta, body) = match self.tier0.get_whole(key) {
             Ok(Some(found)) => found,
-            Ok(None) => return Ok(Ok(None)),
-            Err(e) => return Ok(Err(e)),
+            Err(e @ Error::InvalidKey(_)) => return Ok(Err(e)),
+            Ok(None) | Err(_) => return Ok(Ok(None)),
         };
         // The engine reads no attributes, and its answer refers to this
         // entry: lend it the rest, keep the whole metadata here.
@@ -160,7 +177,7 @@ impl Instance {
             .guest
             .daramjwee_cache_hits()
             .hit_path()
-            .call_peek_whole(&mut self.store, self.path, key, inm, &entry)?;
+            .call_peek_whole(&mut self.store, self.path, key, inm, &entry, now_ms())?;
         Ok(match answer {
             Ok(Some(hit)) => {
                 let body = match hit.body {

@@ -32,9 +32,9 @@ pub use s3fifo::S3Fifo;
 pub use sieve::Sieve;
 pub use sim::{SimError, SimReport, simulate};
 
-/// The hasher policies use unless told otherwise: aHash with keys drawn
-/// from the operating system's random source for every policy, the kind
-/// of seeded hash Go's maps use. It is several times faster than std's
+/// The hasher policies use unless told otherwise: aHash, keyed from the
+/// operating system's random source (drawn once per process, and made
+/// different for every policy), the kind of seeded hash Go's maps use. It is several times faster than std's
 /// SipHash on short keys (with SipHash, hashing was a third to a half of
 /// the cost of a request, see `docs/BENCHMARKS.md`), and its outputs
 /// cannot be predicted without the keys, so clients choosing cache keys

@@ -4,8 +4,7 @@
 //! Freed slots are reused, so once warm nothing allocates. Each node keeps
 //! its key's hash, and the index holds only node numbers (4 bytes a slot,
 //! so it stays small enough for the CPU caches longer): dropping a victim
-//! never hashes its key again, and a miss followed by an insert hashes the
-//! key only once. The hash defaults to [`KeyHasher`], keyed at random, so
+//! never hashes its key again. The hash defaults to [`KeyHasher`], keyed at random, so
 //! clients choosing keys cannot force collisions.
 
 use std::hash::{BuildHasher, Hash};
