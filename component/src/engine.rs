@@ -231,6 +231,28 @@ impl<R: Runtime> FillPlan<R> {
 }
 
 impl Placement {
+    /// A body of `size` bytes the cache already holds (promoted, or
+    /// revalidated by the origin): it goes to the first of tiers
+    /// `0..within` that admits it, and replaces nothing.
+    fn kept(size: u64, within: usize) -> Self {
+        Placement {
+            size: Some(size),
+            within,
+            replaces: false,
+        }
+    }
+
+    /// A new version from the origin, of `size` bytes when stated: it may
+    /// go to any of the cache's `tiers`, and replaces the older entry of
+    /// the tiers above the one it goes to.
+    fn new_version(size: Option<u64>, tiers: usize) -> Self {
+        Placement {
+            size,
+            within: tiers,
+            replaces: true,
+        }
+    }
+
     /// The tiers whose entry a fill written to `top` supersedes.
     fn superseded(self, top: Option<usize>) -> Vec<u32> {
         if !self.replaces {
@@ -574,11 +596,7 @@ impl<R: Runtime> Inner<R> {
                 return self.join(&flight, inm).await;
             }
             let lead = self.lead(key);
-            let place = Placement {
-                size: Some(entry.size),
-                within: i,
-                replaces: false,
-            };
+            let place = Placement::kept(entry.size, i);
             let plan = self
                 .plan(
                     key,
@@ -650,11 +668,7 @@ impl<R: Runtime> Inner<R> {
                 };
                 let mut meta = entry.meta;
                 meta.cached_at = Some(self.rt.now_ms());
-                let place = Placement {
-                    size: Some(entry.size),
-                    within: i + 1,
-                    replaces: false,
-                };
+                let place = Placement::kept(entry.size, i + 1);
                 self.serve_fill(
                     key,
                     generation,
@@ -680,11 +694,7 @@ impl<R: Runtime> Inner<R> {
                 // A body the origin forbids storing is served like a dirty
                 // request's: no sink, so no commit and no copy.
                 let copy_after = if no_store { Vec::new() } else { all_lower };
-                let place = Placement {
-                    size,
-                    within: self.tiers.len(),
-                    replaces: true,
-                };
+                let place = Placement::new_version(size, self.tiers.len());
                 self.serve_fill(
                     key,
                     generation,
@@ -1015,11 +1025,7 @@ impl<R: Runtime> Inner<R> {
                 };
                 let mut meta = entry.meta;
                 meta.cached_at = Some(self.rt.now_ms());
-                let place = Placement {
-                    size: Some(entry.size),
-                    within: i + 1,
-                    replaces: false,
-                };
+                let place = Placement::kept(entry.size, i + 1);
                 self.background_fill(key, generation, meta, entry.body, place, Vec::new())
                     .await
             }
@@ -1033,11 +1039,7 @@ impl<R: Runtime> Inner<R> {
             } => {
                 meta.cached_at = Some(self.rt.now_ms());
                 meta.negative = false;
-                let place = Placement {
-                    size,
-                    within: self.tiers.len(),
-                    replaces: true,
-                };
+                let place = Placement::new_version(size, self.tiers.len());
                 self.background_fill(key, generation, meta, body, place, all_lower)
                     .await
             }

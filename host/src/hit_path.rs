@@ -4,9 +4,9 @@
 //! thread, the host reads tier 0 (`Tier::get_whole`) and, when it holds
 //! the entry in memory, lends it with the time to one call into the hit
 //! path, which decides: no task, stream or thread hop, and for a hit no
-//! call back. Anything it cannot answer goes
-//! to the engine instance as before. It holds no per-key state, so it
-//! can answer for every key, as `peek` does.
+//! call back. Anything it cannot answer goes to the engine instance as
+//! before. It holds no per-key state, so it can answer for every key, as
+//! `peek` does.
 
 use std::cell::RefCell;
 use std::sync::Arc;
@@ -16,12 +16,10 @@ use std::time::{Duration, Instant};
 use wasmtime::component::{Linker, ResourceAny};
 use wasmtime::{Store, StoreLimitsBuilder};
 
-use crate::Source;
-use crate::body::Body;
 use crate::cache::GetResponse;
 use crate::component::{self, runtime};
 use crate::imports::{HeldBodyRes, HostState};
-use crate::shard::{ShardSpec, status};
+use crate::shard::{ShardSpec, tier0_response};
 use crate::tier::Tier;
 use crate::{Error, Result};
 
@@ -87,13 +85,6 @@ pub(crate) fn load(wasm: &'static Wasm, cache_dir: Option<&std::path::Path>) -> 
     let pre = Arc::new(pre);
     loaded.push((id, Arc::clone(&pre)));
     Ok(pre)
-}
-
-/// Wall-clock milliseconds since the Unix epoch, as the engine counts.
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// One instance of the hit path, opened for a cache, and its tier 0.
@@ -172,27 +163,20 @@ impl Instance {
             meta: lent.into(),
             body: self.store.data_mut().table.push(HeldBodyRes(body))?,
         };
+        let now = crate::meta::to_millis(std::time::SystemTime::now());
         self.store.set_epoch_deadline(self.call_ticks);
         let answer = self
             .guest
             .daramjwee_cache_hits()
             .hit_path()
-            .call_peek_whole(&mut self.store, self.path, key, inm, &entry, now_ms())?;
+            .call_peek_whole(&mut self.store, self.path, key, inm, &entry, now)?;
         Ok(match answer {
-            Ok(Some(hit)) => {
-                let body = match hit.body {
-                    Some(held) => Some(Body::whole(self.store.data_mut().take_held(held)?)),
-                    None => None,
-                };
-                Ok(Some(GetResponse {
-                    status: status(hit.status),
-                    meta,
-                    source: Source::Tier(0),
-                    stale: false,
-                    stored: false,
-                    body,
-                }))
-            }
+            Ok(Some(hit)) => Ok(Some(tier0_response(
+                hit.status,
+                meta,
+                hit.body,
+                self.store.data_mut(),
+            )?)),
             Ok(None) => Ok(None),
             Err(e) => Err(e.into()),
         })

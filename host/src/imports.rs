@@ -65,7 +65,7 @@ impl HostState {
 }
 
 impl HostState {
-    /// `get-whole` of a tier, for the engine and for the hit path.
+    /// `get-whole` of a tier, for the engine.
     pub(crate) fn get_whole(
         &mut self,
         tier: &Resource<TierRes>,

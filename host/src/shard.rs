@@ -15,7 +15,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use tokio::sync::{mpsc, oneshot, watch};
-use wasmtime::component::{Accessor, ResourceAny};
+use wasmtime::component::{Accessor, Resource, ResourceAny};
 use wasmtime::{Store, StoreLimitsBuilder, UpdateDeadline};
 
 use crate::bindings::{cache, scheduler, types};
@@ -24,7 +24,7 @@ use crate::component::{Loaded, TICK, runtime};
 use crate::fetcher::SharedFetcher;
 use crate::hit_path;
 use crate::imports::{
-    ChannelConsumer, CompletionConsumer, FetcherRes, HostState, QueueRes, TierRes,
+    ChannelConsumer, CompletionConsumer, FetcherRes, HeldBodyRes, HostState, QueueRes, TierRes,
 };
 use crate::tier::Tier;
 use crate::{Error, GetResponse, Metadata, Result, Source, Status};
@@ -540,7 +540,7 @@ impl Calls<'_> {
     }
 }
 
-pub(crate) fn status(s: types::Status) -> Status {
+fn status(s: types::Status) -> Status {
     match s {
         cache::Status::Ok => Status::Ok,
         cache::Status::NotModified => Status::NotModified,
@@ -550,17 +550,25 @@ pub(crate) fn status(s: types::Status) -> Status {
 
 /// A `peek-whole` answer as the caller's response: from tier 0, fresh,
 /// its body taken back from `state`.
-pub(crate) fn whole_response(
-    r: types::WholeResponse,
+fn whole_response(r: types::WholeResponse, state: &mut HostState) -> wasmtime::Result<GetResponse> {
+    tier0_response(r.status, r.meta.into(), r.body, state)
+}
+
+/// A fresh tier-0 answer (the engine's `peek-whole`, the hit path's
+/// `hit`) as the caller's response, its body taken back from `state`.
+pub(crate) fn tier0_response(
+    status_of: types::Status,
+    meta: Metadata,
+    body: Option<Resource<HeldBodyRes>>,
     state: &mut HostState,
 ) -> wasmtime::Result<GetResponse> {
-    let body = match r.body {
+    let body = match body {
         Some(held) => Some(Body::whole(state.take_held(held)?)),
         None => None,
     };
     Ok(GetResponse {
-        status: status(r.status),
-        meta: r.meta.into(),
+        status: status(status_of),
+        meta,
         source: Source::Tier(0),
         stale: false,
         stored: false,
