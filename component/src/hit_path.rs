@@ -1,8 +1,9 @@
 //! The WIT glue of the hit path (world `hit-path`): the engine's
-//! [`Engine::peek_whole`] over the entry the host lends each call as tier
-//! 0's, at the time it gives, in plain synchronous calls. Nothing here
-//! waits or calls out: the runtime's parts that `peek_whole` never uses
-//! answer with an error or never finish.
+//! [`Engine::peek_whole`] over what the host lends each call of tier 0's
+//! entry, at the time it gives, in plain synchronous calls. The body stays
+//! with the host: the engine's answer says whether to send it. Nothing
+//! here waits or calls out: the runtime's parts that `peek_whole` never
+//! uses answer with an error or never finish.
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -48,8 +49,9 @@ fn whole_only() -> Error {
     Error::Other("the hit path reads whole entries only".into())
 }
 
-/// The entry lent for the current call, taken by the engine's read.
-type Slot = Rc<RefCell<Option<(Metadata, wit::HeldBody)>>>;
+/// The entry lent for the current call, taken by the engine's read. Its
+/// body stays with the host, so the engine passes `()` through for it.
+type Slot = Rc<RefCell<Option<(Metadata, ())>>>;
 
 /// A tier as the hit path sees it: tier 0 holds, for one call, the entry
 /// the host lent; the others hold nothing.
@@ -61,13 +63,13 @@ struct Lent {
 impl crate::Tier for Lent {
     type Body = Never;
     type Sink = Never;
-    type Whole = wit::HeldBody;
+    type Whole = ();
 
     fn name(&self) -> String {
         self.name.clone()
     }
 
-    fn get_whole(&self, _: &str) -> Result<Option<(Metadata, wit::HeldBody)>> {
+    fn get_whole(&self, _: &str) -> Result<Option<(Metadata, ())>> {
         Ok(self.slot.borrow_mut().take())
     }
 
@@ -116,10 +118,7 @@ impl Runtime for HitRt {
 
 struct Component;
 
-impl hits::Guest for Component {
-    type HitPath = HitPath;
-}
-
+/// The hit path of the cache `open` was called for.
 struct HitPath {
     engine: Engine<HitRt>,
     /// Tier 0's slot.
@@ -128,11 +127,12 @@ struct HitPath {
     now: Rc<Cell<u64>>,
 }
 
-impl hits::GuestHitPath for HitPath {
-    fn open(
-        config: wit::Config,
-        tiers: Vec<String>,
-    ) -> std::result::Result<hits::HitPath, wit::Error> {
+thread_local! {
+    static OPENED: RefCell<Option<HitPath>> = const { RefCell::new(None) };
+}
+
+impl hits::Guest for Component {
+    fn open(config: wit::Config, tiers: Vec<String>) -> std::result::Result<(), wit::Error> {
         #[cfg(feature = "fault-injection")]
         if tiers.first().is_some_and(|name| name == "fault:open") {
             return Err(wit::Error::Other(
@@ -157,28 +157,46 @@ impl hits::GuestHitPath for HitPath {
             now: Rc::clone(&now),
         };
         let engine = Engine::open(config.into(), tiers, rt)?;
-        Ok(hits::HitPath::new(HitPath { engine, lent, now }))
+        OPENED.with(|opened| *opened.borrow_mut() = Some(HitPath { engine, lent, now }));
+        Ok(())
     }
 
     fn peek_whole(
-        &self,
         key: String,
         if_none_match: Option<String>,
-        entry: wit::WholeEntry,
+        entry: hits::LentMeta,
         now: wit::Timestamp,
-    ) -> std::result::Result<Option<hits::Hit>, wit::Error> {
+    ) -> hits::Verdict {
         #[cfg(feature = "fault-injection")]
         crate::faults::inject(&key);
-        self.now.set(now);
-        *self.lent.borrow_mut() = Some((entry.meta.into(), entry.body));
-        let r = self.engine.peek_whole(&key, if_none_match.as_deref());
-        // Whatever the engine did not take goes back (dropped) now.
-        self.lent.borrow_mut().take();
-        // The metadata is the lent entry's, unchanged: the host keeps it.
-        Ok(r?.map(|r| hits::Hit {
-            status: r.status.into(),
-            body: r.body,
-        }))
+        OPENED.with(|opened| {
+            let opened = opened.borrow();
+            let Some(path) = opened.as_ref() else {
+                return hits::Verdict::Refused;
+            };
+            path.now.set(now);
+            let meta = Metadata {
+                tag: entry.tag.unwrap_or_default(),
+                cached_at: entry.cached_at,
+                negative: entry.negative,
+                fresh_for: entry.fresh_for,
+                stale_for: entry.stale_for,
+                attributes: Vec::new(),
+            };
+            *path.lent.borrow_mut() = Some((meta, ()));
+            let r = path.engine.peek_whole(&key, if_none_match.as_deref());
+            // Whatever the engine did not take is forgotten now.
+            path.lent.borrow_mut().take();
+            match r {
+                Ok(Some(r)) => match r.status {
+                    crate::Status::Ok => hits::Verdict::Ok,
+                    crate::Status::NotModified => hits::Verdict::NotModified,
+                    crate::Status::NotFound => hits::Verdict::NotFound,
+                },
+                Ok(None) => hits::Verdict::Declined,
+                Err(_) => hits::Verdict::Refused,
+            }
+        })
     }
 }
 

@@ -2,9 +2,10 @@
 //! whose world imports nothing (`hit-path`), instantiated in a plain
 //! synchronous store beside each shard. For a request served on a shard
 //! thread, the host reads tier 0 (`Tier::get_whole`) and, when it holds
-//! the entry in memory, lends it with the time to one call into the hit
-//! path, which decides: no task, stream or thread hop, and for a hit no
-//! call back. Anything it cannot answer goes to the engine instance as
+//! the entry in memory, lends what the engine reads of its metadata with
+//! the time to one call into the hit path, whose verdict says what to
+//! send: no task, stream or thread hop, no call back, and the body never
+//! crosses. Anything it cannot answer goes to the engine instance as
 //! before. It holds no per-key state, so it can answer for every key, as
 //! `peek` does.
 
@@ -13,15 +14,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use wasmtime::component::{Linker, ResourceAny};
+use wasmtime::component::Linker;
 use wasmtime::{Store, StoreLimitsBuilder};
 
 use crate::cache::GetResponse;
 use crate::component::{self, runtime};
-use crate::imports::{HeldBodyRes, HostState};
+use crate::imports::HostState;
 use crate::shard::{ShardSpec, tier0_response};
 use crate::tier::Tier;
-use crate::{Error, Result};
+use crate::{Error, Result, Status};
+use bindings::exports::daramjwee::cache::hits::Verdict;
 
 #[allow(missing_docs, reason = "generated bindings")]
 mod bindings {
@@ -91,7 +93,6 @@ pub(crate) fn load(wasm: &'static Wasm, cache_dir: Option<&std::path::Path>) -> 
 struct Instance {
     store: Store<HostState>,
     guest: bindings::HitPath,
-    path: ResourceAny,
     tier0: Arc<dyn Tier>,
     /// Keys longer are refused by the engine, so tier 0 is not asked.
     max_key_len: usize,
@@ -119,15 +120,13 @@ impl Instance {
         store.set_epoch_deadline(spec.call_ticks);
         let guest = pre.instantiate(&mut store).map_err(engine_err)?;
         let names: Vec<String> = spec.tiers.iter().map(|t| t.name()).collect();
-        let path = guest
+        guest
             .daramjwee_cache_hits()
-            .hit_path()
             .call_open(&mut store, &spec.config, &names)
             .map_err(engine_err)??;
         Ok(Instance {
             store,
             guest,
-            path,
             tier0: Arc::clone(tier0),
             max_key_len: spec.config.max_key_len as usize,
             call_ticks: spec.call_ticks,
@@ -135,50 +134,50 @@ impl Instance {
     }
 
     /// Reads tier 0 and, when it hands the entry over at once, lets the
-    /// hit path decide on it. `Ok(Ok(None))`: no answer here.
-    fn peek_whole(
-        &mut self,
-        key: &str,
-        inm: Option<&str>,
-    ) -> wasmtime::Result<Result<Option<GetResponse>>> {
+    /// hit path judge it.
+    fn peek_whole(&mut self, key: &str, inm: Option<&str>) -> wasmtime::Result<Whole> {
         // A key the engine refuses is not looked up: the engine answers it.
         if key.is_empty() || key.len() > self.max_key_len {
-            return Ok(Ok(None));
+            return Ok(Whole::NotAsked);
         }
         // Tier 0's answers mean what they mean to the engine's own
         // `peek-whole`: a refused key is an error, a failing tier none.
-        let (meta, body) = match self.tier0.get_whole(key) {
+        let (mut meta, body) = match self.tier0.get_whole(key) {
             Ok(Some(found)) => found,
-            Err(e @ Error::InvalidKey(_)) => return Ok(Err(e)),
-            Ok(None) | Err(_) => return Ok(Ok(None)),
+            Err(e @ Error::InvalidKey(_)) => return Ok(Whole::Answered(Err(e))),
+            Ok(None) | Err(_) => return Ok(Whole::Declined),
         };
-        // The engine reads no attributes, and its answer refers to this
-        // entry: lend it the rest, keep the whole metadata here.
-        let lent = crate::Metadata {
-            attributes: Vec::new(),
-            tag: meta.tag.clone(),
-            ..meta
-        };
-        let entry = crate::bindings::types::WholeEntry {
-            meta: lent.into(),
-            body: self.store.data_mut().table.push(HeldBodyRes(body))?,
+        // The engine reads no attributes, and the tag only to compare it
+        // with an `if-none-match`; its verdict is about this entry: lend
+        // it the rest (the tag moved for the call, not copied), keep the
+        // metadata and body here.
+        let lent = bindings::exports::daramjwee::cache::hits::LentMeta {
+            tag: inm.map(|_| std::mem::take(&mut meta.tag)),
+            cached_at: meta.cached_at.map(crate::meta::to_millis),
+            negative: meta.negative,
+            fresh_for: meta.fresh_for.map(crate::meta::duration_millis),
+            stale_for: meta.stale_for.map(crate::meta::duration_millis),
         };
         let now = crate::meta::to_millis(std::time::SystemTime::now());
         self.store.set_epoch_deadline(self.call_ticks);
-        let answer = self
-            .guest
-            .daramjwee_cache_hits()
-            .hit_path()
-            .call_peek_whole(&mut self.store, self.path, key, inm, &entry, now)?;
-        Ok(match answer {
-            Ok(Some(hit)) => Ok(Some(tier0_response(
-                hit.status,
-                meta,
-                hit.body,
-                self.store.data_mut(),
-            )?)),
-            Ok(None) => Ok(None),
-            Err(e) => Err(e.into()),
+        let verdict = self.guest.daramjwee_cache_hits().call_peek_whole(
+            &mut self.store,
+            key,
+            inm,
+            &lent,
+            now,
+        );
+        if let Some(tag) = lent.tag {
+            meta.tag = tag;
+        }
+        let verdict = verdict?;
+        let answer = |status, body| Whole::Answered(Ok(tier0_response(status, meta, body)));
+        Ok(match verdict {
+            Verdict::Ok => answer(Status::Ok, Some(body)),
+            Verdict::NotModified => answer(Status::NotModified, None),
+            Verdict::NotFound => answer(Status::NotFound, None),
+            Verdict::Declined => Whole::Declined,
+            Verdict::Refused => Whole::NotAsked,
         })
     }
 }
@@ -312,15 +311,12 @@ pub(crate) fn answer(cache_id: u64, key: &str, inm: Option<&str>) -> Whole {
             return Whole::NotAsked;
         };
         match instance.peek_whole(key, inm) {
-            Ok(Ok(Some(response))) => {
-                bump(&local.counts.answers);
-                Whole::Answered(Ok(response))
+            Ok(whole) => {
+                if matches!(whole, Whole::Answered(Ok(_))) {
+                    bump(&local.counts.answers);
+                }
+                whole
             }
-            Ok(Ok(None)) => Whole::Declined,
-            // The key itself is bad, or the cache closed: the engine
-            // would say the same.
-            Ok(Err(e @ (Error::InvalidKey(_) | Error::Closed))) => Whole::Answered(Err(e)),
-            Ok(Err(_)) => Whole::NotAsked,
             Err(fault) => {
                 tracing::error!("the hit path failed, replacing it: {fault:?}");
                 bump(&local.counts.faults);

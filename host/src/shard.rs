@@ -12,10 +12,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use tokio::sync::{mpsc, oneshot, watch};
-use wasmtime::component::{Accessor, Resource, ResourceAny};
+use wasmtime::component::{Accessor, ResourceAny};
 use wasmtime::{Store, StoreLimitsBuilder, UpdateDeadline};
 
 use crate::bindings::{cache, scheduler, types};
@@ -24,7 +25,7 @@ use crate::component::{Loaded, TICK, runtime};
 use crate::fetcher::SharedFetcher;
 use crate::hit_path;
 use crate::imports::{
-    ChannelConsumer, CompletionConsumer, FetcherRes, HeldBodyRes, HostState, QueueRes, TierRes,
+    ChannelConsumer, CompletionConsumer, FetcherRes, HostState, QueueRes, TierRes,
 };
 use crate::tier::Tier;
 use crate::{Error, GetResponse, Metadata, Result, Source, Status};
@@ -551,29 +552,24 @@ fn status(s: types::Status) -> Status {
 /// A `peek-whole` answer as the caller's response: from tier 0, fresh,
 /// its body taken back from `state`.
 fn whole_response(r: types::WholeResponse, state: &mut HostState) -> wasmtime::Result<GetResponse> {
-    tier0_response(r.status, r.meta.into(), r.body, state)
+    let body = match r.body {
+        Some(held) => Some(state.take_held(held)?),
+        None => None,
+    };
+    Ok(tier0_response(status(r.status), r.meta.into(), body))
 }
 
 /// A fresh tier-0 answer (the engine's `peek-whole`, the hit path's
-/// `hit`) as the caller's response, its body taken back from `state`.
-pub(crate) fn tier0_response(
-    status_of: types::Status,
-    meta: Metadata,
-    body: Option<Resource<HeldBodyRes>>,
-    state: &mut HostState,
-) -> wasmtime::Result<GetResponse> {
-    let body = match body {
-        Some(held) => Some(Body::whole(state.take_held(held)?)),
-        None => None,
-    };
-    Ok(GetResponse {
-        status: status(status_of),
+/// verdict) as the caller's response.
+pub(crate) fn tier0_response(status: Status, meta: Metadata, body: Option<Bytes>) -> GetResponse {
+    GetResponse {
+        status,
         meta,
         source: Source::Tier(0),
         stale: false,
         stored: false,
-        body,
-    })
+        body: body.map(Body::whole),
+    }
 }
 
 fn unknown_writer() -> Error {
