@@ -7,6 +7,8 @@ table. Standard library only.
     http_compare.py wrk FILE                      -> JSON {rps, p50_ms, p99_ms}
     http_compare.py stampede URL N [TIMEOUT]      -> JSON
     http_compare.py stream URL PID... [--]        -> JSON {bytes, secs, mib_s, hwm_mib}
+    http_compare.py medians ROUNDS SCENARIO       -> lines: scenario metric server median
+    http_compare.py rounds ROUNDS                 (each server's req/s, round by round)
     http_compare.py table RESULTS                 (lines: scenario metric server value)
 """
 
@@ -278,6 +280,41 @@ def table(path):
         print("  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))))
 
 
+def read_rounds(path):
+    """Lines `scenario metric server value`, in the order written: the
+    values of each (scenario, metric, server), one per round."""
+    values = {}
+    with open(path) as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) != 4:
+                continue
+            try:
+                value = float(parts[3])
+            except ValueError:
+                continue
+            values.setdefault(tuple(parts[:3]), []).append(value)
+    return values
+
+
+def median(xs):
+    xs = sorted(xs)
+    mid = len(xs) // 2
+    return xs[mid] if len(xs) % 2 else (xs[mid - 1] + xs[mid]) / 2
+
+
+def medians(path, scenario):
+    for (sc, metric, server), xs in read_rounds(path).items():
+        if sc == scenario:
+            print(f"{sc} {metric} {server} {median(xs)}")
+
+
+def rounds(path):
+    for (sc, metric, server), xs in read_rounds(path).items():
+        if metric == "req/s":
+            print(f"  {sc:9} {server:10} " + ", ".join(fmt(x) for x in xs))
+
+
 def main(argv):
     if len(argv) < 2:
         sys.exit(__doc__)
@@ -290,6 +327,10 @@ def main(argv):
         stampede(argv[2], int(argv[3]), float(argv[4]) if len(argv) > 4 else 60.0)
     elif cmd == "stream":
         stream(argv[2], [int(p) for p in argv[3:]])
+    elif cmd == "medians":
+        medians(argv[2], argv[3])
+    elif cmd == "rounds":
+        rounds(argv[2])
     elif cmd == "table":
         table(argv[2])
     else:

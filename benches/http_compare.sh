@@ -3,11 +3,15 @@
 # same origin, with nginx serving the files statically as the ceiling.
 #
 #   benches/http_compare.sh [--daramjwee PATH] [--duration 10s] [--connections 64]
-#       [--threads 2] [--stampede 1000] [--stampede-secs 1] [--tier SPEC]...
+#       [--threads 2] [--rounds 3] [--stampede 1000] [--stampede-secs 1] [--tier SPEC]...
 #       [--quick] [--keep]
 #
 # Scenarios, each through every server, all on 127.0.0.1:
-#   hot-4KiB, hot-1MiB  wrk --latency for --duration after warming: req/s, p50, p99
+#   hot-4KiB, hot-1MiB  wrk --latency for --duration after warming: req/s, p50, p99;
+#                       --rounds times, the servers taking turns, so that a slow
+#                       spell of a shared machine falls on all of them alike: the
+#                       table has each server's median (of req/s, p50, p99 apart),
+#                       and the req/s of every round are printed under it
 #   stampede            --stampede concurrent GETs of one never-seen key (the origin
 #                       takes about --stampede-secs to send it); origin fetches of that
 #                       key counted in the origin's access log (target: 1)
@@ -34,6 +38,7 @@ cmdline=$(printf '%q ' "$0" "$@")
 duration=10s
 connections=64
 threads=2
+rounds=3
 stampede_n=1000
 stampede_secs=1
 keep=0
@@ -49,6 +54,7 @@ while [ $# -gt 0 ]; do
         --duration) duration="$2"; shift 2 ;;
         --connections) connections="$2"; shift 2 ;;
         --threads) threads="$2"; shift 2 ;;
+        --rounds) rounds="$2"; shift 2 ;;
         --stampede) stampede_n="$2"; shift 2 ;;
         --stampede-secs) stampede_secs="$2"; shift 2 ;;
         --tier) tiers+=("$2"); shift 2 ;;
@@ -59,7 +65,7 @@ while [ $# -gt 0 ]; do
     esac
 done
 [ "$quick" = 1 ] && duration=2s
-for v in connections threads stampede_n stampede_secs; do
+for v in connections threads rounds stampede_n stampede_secs; do
     [[ "${!v}" =~ ^[1-9][0-9]*$ ]] || { f=${v%_n}; echo "--${f//_/-}: '${!v}' is not a positive whole number" >&2; exit 2; }
 done
 [[ "$duration" =~ ^[1-9][0-9]*[smh]?$ ]] || { echo "--duration: '$duration' is not like 10s, 2m" >&2; exit 2; }
@@ -286,25 +292,30 @@ for s in "${servers[@]}"; do
     done
 done
 
+rounds_file="$tmp/rounds"
+: >"$rounds_file"
 for obj in obj4k obj1m; do
     scenario=hot-4KiB
     [ "$obj" = obj1m ] && scenario=hot-1MiB
-    for s in "${servers[@]}"; do
-        url="http://127.0.0.1:${port[$s]}/$obj?via=$s"
-        out="$tmp/wrk-$s-$obj.txt"
-        log "wrk $scenario $s: -t$threads -c$connections -d$duration"
-        if timeout 300 wrk -t"$threads" -c"$connections" -d"$duration" --latency "$url" >"$out" 2>&1; then
-            r=$(python3 "$helper" wrk "$out")
-            record "$scenario" req/s "$s" "$(json '["rps"]' <<<"$r")"
-            record "$scenario" p50-ms "$s" "$(json '["p50_ms"]' <<<"$r")"
-            record "$scenario" p99-ms "$s" "$(json '["p99_ms"]' <<<"$r")"
-            errs=$(json '["errors"]' <<<"$r")
-            [ "$errs" = 0 ] || log "wrk $scenario $s: $errs errors"
-        else
-            log "wrk $scenario $s failed:"; cat "$out" >&2
-        fi
-        sleep 1
+    for round in $(seq "$rounds"); do
+        for s in "${servers[@]}"; do
+            url="http://127.0.0.1:${port[$s]}/$obj?via=$s"
+            out="$tmp/wrk-$s-$obj-$round.txt"
+            log "wrk $scenario $s (round $round of $rounds): -t$threads -c$connections -d$duration"
+            if timeout 300 wrk -t"$threads" -c"$connections" -d"$duration" --latency "$url" >"$out" 2>&1; then
+                r=$(python3 "$helper" wrk "$out")
+                for m in rps:req/s p50_ms:p50-ms p99_ms:p99-ms; do
+                    echo "$scenario ${m#*:} $s $(json "[\"${m%%:*}\"]" <<<"$r")" >>"$rounds_file"
+                done
+                errs=$(json '["errors"]' <<<"$r")
+                [ "$errs" = 0 ] || log "wrk $scenario $s: $errs errors"
+            else
+                log "wrk $scenario $s failed:"; cat "$out" >&2
+            fi
+            sleep 1
+        done
     done
+    python3 "$helper" medians "$rounds_file" "$scenario" >>"$results"
     for s in "${servers[@]}"; do
         [ "$s" = static ] || record "$scenario" origin-fetches "$s" "$(fetches "/$obj?via=$s ")"
     done
@@ -346,10 +357,13 @@ fi
 
 echo
 echo "command: $cmdline"
-echo "wrk: -t$threads -c$connections -d$duration --latency; stampede: $stampede_n clients, origin ~${stampede_secs}s per fetch; $(nproc) cores"
+echo "wrk: -t$threads -c$connections -d$duration --latency, $rounds rounds (medians); stampede: $stampede_n clients, origin ~${stampede_secs}s per fetch; $(nproc) cores"
 [ "$have_djw" = 1 ] || echo "daramjwee: skipped ($djw has no serve command or is missing)"
 echo
 python3 "$helper" table "$results"
+echo
+echo "req/s of each round (server: round 1, 2, ...):"
+python3 "$helper" rounds "$rounds_file"
 echo
 echo "p50/p99 in ms; peak-RSS-MiB is the largest VmHWM of any one of the server's processes during"
 echo "that transfer (Varnish keeps the object in malloc storage, so its figure includes it)."
