@@ -329,7 +329,60 @@ pub(crate) fn answer(cache_id: u64, key: &str, inm: Option<&str>) -> Whole {
 
 #[cfg(test)]
 mod tests {
+    use wasmtime::component::types::{ComponentItem, Type};
+
     use super::*;
+
+    /// Core-wasm values `ty` flattens to in the canonical ABI.
+    fn flat(ty: &Type) -> usize {
+        match ty {
+            Type::String | Type::List(_) => 2,
+            Type::Record(r) => r.fields().map(|f| flat(&f.ty)).sum(),
+            Type::Tuple(t) => t.types().map(|t| flat(&t)).sum(),
+            Type::Option(o) => 1 + flat(&o.ty()),
+            Type::Result(r) => {
+                1 + [r.ok(), r.err()]
+                    .iter()
+                    .flatten()
+                    .map(flat)
+                    .max()
+                    .unwrap_or(0)
+            }
+            Type::Variant(v) => {
+                1 + v
+                    .cases()
+                    .filter_map(|c| c.ty.as_ref().map(flat))
+                    .max()
+                    .unwrap_or(0)
+            }
+            Type::Flags(f) => f.names().count().div_ceil(32),
+            _ => 1,
+        }
+    }
+
+    #[test]
+    fn the_hit_paths_call_passes_everything_flat() {
+        let engine = &runtime().unwrap().sync_engine;
+        let digest = component::embedded_digest(EMBEDDED.digest);
+        let hit_path = component::compile(engine, EMBEDDED.bytes, digest, None).unwrap();
+        let ty = hit_path.component_type();
+        let Some(ComponentItem::ComponentInstance(hits)) = ty
+            .get_export(engine, "daramjwee:cache/hits@0.1.0")
+            .map(|e| e.ty)
+        else {
+            panic!("the hit path exports hits");
+        };
+        let Some(ComponentItem::ComponentFunc(peek)) =
+            hits.get_export(engine, "peek-whole").map(|e| e.ty)
+        else {
+            panic!("hits exports peek-whole");
+        };
+        // The canonical ABI passes up to 16 arguments and one result as
+        // core-wasm values; past that, through guest memory.
+        let args: usize = peek.params().map(|(_, ty)| flat(&ty)).sum();
+        let results: usize = peek.results().map(|ty| flat(&ty)).sum();
+        assert_eq!((args, results), (16, 1));
+    }
 
     #[test]
     fn a_hit_path_that_does_not_open_is_tried_again_ever_later() {
