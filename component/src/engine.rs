@@ -609,7 +609,7 @@ impl<R: Runtime> Inner<R> {
                 )
                 .await;
             let stored = !plan.sinks.is_empty();
-            let reader = self.start_fill(entry.meta, entry.body, plan, Some(lead));
+            let reader = self.start_fill(entry.meta, place.size, entry.body, plan, Some(lead));
             return Ok(Step::Done(fill_response(reader, source, stored)));
         }
         if let Some(flight) = self.flight(key) {
@@ -783,7 +783,7 @@ impl<R: Runtime> Inner<R> {
             .await;
         let answer_meta = meta.clone();
         let stored = !plan.sinks.is_empty();
-        let reader = self.start_fill(meta, body, plan, Some(lead));
+        let reader = self.start_fill(meta, place.size, body, plan, Some(lead));
         if matched {
             drop(reader);
             let mut response =
@@ -893,10 +893,12 @@ impl<R: Runtime> Inner<R> {
         })
     }
 
-    /// Spawn the pump of a fill and return its first reader.
+    /// Spawn the pump of a fill of `size` bytes, when stated, and return
+    /// its first reader.
     fn start_fill(
         self: &Rc<Self>,
         meta: Metadata,
+        size: Option<u64>,
         source: R::Body,
         mut plan: FillPlan<R>,
         lead: Option<Lead<R>>,
@@ -906,7 +908,7 @@ impl<R: Runtime> Inner<R> {
         } else {
             0
         };
-        let fill = Fill::new(meta, window);
+        let fill = Fill::new(meta, size, window);
         let reader = fill.join().expect("a new fill is joinable");
         if let Some(lead) = lead {
             plan.flight = Some(Rc::clone(&lead.flight));
@@ -1063,7 +1065,7 @@ impl<R: Runtime> Inner<R> {
         if plan.sinks.is_empty() && plan.supersede.is_empty() {
             return Ok(());
         }
-        let fill = Fill::new(meta, 0);
+        let fill = Fill::new(meta, place.size, 0);
         self.pump(&fill, body, plan).await;
         Ok(())
     }
@@ -1089,7 +1091,7 @@ impl<R: Runtime> Inner<R> {
             written: source,
             ..FillPlan::unwritten(key, generation, false)
         };
-        let fill = Fill::new(entry.meta, 0);
+        let fill = Fill::new(entry.meta, Some(entry.size), 0);
         self.pump(&fill, entry.body, plan).await;
         Ok(())
     }

@@ -36,6 +36,8 @@ pub const COPY_SLICE_MAX: usize = 64 << 10;
 /// One in-flight fill, shared by its pump and its readers.
 pub struct Fill {
     meta: Metadata,
+    /// The body's length, when its source declared it.
+    size: Option<u64>,
     state: RefCell<State>,
 }
 
@@ -106,11 +108,13 @@ impl State {
 }
 
 impl Fill {
-    /// A new fill of an entry with `meta`. Readers may join while the body
-    /// so far is at most `join_window` bytes (0: only the first reader).
-    pub fn new(meta: Metadata, join_window: u64) -> Rc<Self> {
+    /// A new fill of an entry with `meta` whose body is `size` bytes long
+    /// when its source said so. Readers may join while the body so far is
+    /// at most `join_window` bytes (0: only the first reader).
+    pub fn new(meta: Metadata, size: Option<u64>, join_window: u64) -> Rc<Self> {
         Rc::new(Fill {
             meta,
+            size,
             state: RefCell::new(State {
                 chunks: VecDeque::new(),
                 starts: VecDeque::new(),
@@ -249,6 +253,12 @@ impl FillReader {
         self.fill.meta()
     }
 
+    /// The body's length, when its source declared it. A body that ends
+    /// short of it ends with the source's error.
+    pub fn size(&self) -> Option<u64> {
+        self.fill.size
+    }
+
     /// The next chunk, `None` at a complete end, or the source's error.
     pub async fn next(&mut self) -> Option<Result<Chunk>> {
         poll_fn(|cx| {
@@ -315,7 +325,7 @@ mod tests {
 
     #[test]
     fn readers_of_one_fill_share_a_copy_budget() {
-        let fill = Fill::new(Metadata::default(), 1 << 20);
+        let fill = Fill::new(Metadata::default(), None, 1 << 20);
         let many = 2 * COPY_BUDGET / COPY_SLICE_MIN;
         let mut readers: Vec<FillReader> = (0..many).map(|_| fill.join().unwrap()).collect();
         assert_eq!(readers[0].copy_slice(), COPY_SLICE_MIN);

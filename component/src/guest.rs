@@ -26,24 +26,42 @@ struct GuestRt {
 }
 
 /// A body stream from a tier (`size` known) or the origin (`complete` says
-/// how it ended).
+/// how it ended, and `size` is known when the origin stated it).
 pub struct GuestBody {
     stream: StreamReader<u8>,
     size: Option<u64>,
+    /// The error for a body whose length is not the one stated.
+    mismatch: fn(String) -> crate::Error,
     complete: Option<FutureReader<Result<(), wit::Error>>>,
     read: u64,
     ended: bool,
 }
 
 impl GuestBody {
+    /// A tier's body of `size` bytes.
+    fn stored(stream: StreamReader<u8>, size: u64) -> Self {
+        GuestBody::new(stream, Some(size), None, crate::Error::Store)
+    }
+
+    /// The origin's body, of `size` bytes when it said so.
+    fn fetched(
+        stream: StreamReader<u8>,
+        size: Option<u64>,
+        complete: FutureReader<Result<(), wit::Error>>,
+    ) -> Self {
+        GuestBody::new(stream, size, Some(complete), crate::Error::Origin)
+    }
+
     fn new(
         stream: StreamReader<u8>,
         size: Option<u64>,
         complete: Option<FutureReader<Result<(), wit::Error>>>,
+        mismatch: fn(String) -> crate::Error,
     ) -> Self {
         GuestBody {
             stream,
             size,
+            mismatch,
             complete,
             read: 0,
             ended: false,
@@ -58,7 +76,7 @@ impl GuestBody {
             return Some(Err(e.into()));
         }
         match self.size {
-            Some(size) if size != self.read => Some(Err(crate::Error::Store(format!(
+            Some(size) if size != self.read => Some(Err((self.mismatch)(format!(
                 "body ended after {} of {size} bytes",
                 self.read
             )))),
@@ -113,7 +131,7 @@ impl crate::Tier for store::Tier {
         Ok(entry.map(|e| Entry {
             meta: e.meta.into(),
             size: e.size,
-            body: GuestBody::new(e.body, Some(e.size), None),
+            body: GuestBody::stored(e.body, e.size),
         }))
     }
 
@@ -154,7 +172,7 @@ impl crate::Origin for origin::Fetcher {
             match origin::Fetcher::fetch(self, key.to_owned(), held).await? {
                 origin::FetchResult::Body(f) => Fetched::Body {
                     meta: f.meta.into(),
-                    body: GuestBody::new(f.body, None, Some(f.complete)),
+                    body: GuestBody::fetched(f.body, f.size, f.complete),
                     no_store: f.no_store,
                     size: f.size,
                 },
@@ -335,8 +353,9 @@ fn wit_response(r: crate::Response<GuestRt>) -> cx::Response {
         None => (None, None, None),
         Some(ResponseBody::Direct { body, size }) => (Some(body.stream), Some(size), None),
         Some(ResponseBody::Fill(reader)) => {
+            let size = reader.size();
             let (stream, complete) = stream_fill(reader);
-            (Some(stream), None, Some(complete))
+            (Some(stream), size, Some(complete))
         }
     };
     let status = r.status.into();

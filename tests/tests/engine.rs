@@ -830,6 +830,43 @@ async fn read_on_shard(cache: &Cache, key: &'static str, origin: Origin) -> Byte
 }
 
 #[tokio::test]
+async fn a_body_being_filled_has_its_stated_size_and_one_of_another_length_is_not_kept() {
+    let (cache, tiers) = cache_with(2, |b| b).await;
+    let below = Metadata {
+        cached_at: Some(SystemTime::now()),
+        ..Metadata::tagged("b")
+    };
+    put(&tiers[1], "below", below, &body(5_000)).await;
+    let origin = Origin::new([
+        Reply::Body("v1", body(10_000)),
+        Reply::Stated("short", body(100), 1_000),
+        Reply::Stated("long", body(2_000), 1_000),
+    ]);
+    // A miss and a promotion: the length is known before the body comes.
+    for (key, len, source) in [
+        ("miss", 10_000, Source::Origin),
+        ("below", 5_000, Source::Tier(1)),
+    ] {
+        let r = cache.get(key, origin.clone()).await.unwrap();
+        assert_eq!((r.source, r.stored), (source, true), "{key}");
+        assert_eq!(r.body.as_ref().and_then(|b| b.size()), Some(len), "{key}");
+        assert_eq!(read(r).await.unwrap(), body(len as usize), "{key}");
+        assert!(eventually(async || stat(&tiers[0], key).await.is_some()).await);
+    }
+    // A body that ends short of what the origin said, or runs past it,
+    // broke off: the reader hears so and nothing of it is kept.
+    for key in ["short", "long"] {
+        let r = cache.get(key, origin.clone()).await.unwrap();
+        assert_eq!(r.body.as_ref().and_then(|b| b.size()), Some(1_000), "{key}");
+        assert!(read(r).await.is_err(), "{key}");
+        for tier in &tiers {
+            assert!(stat(tier, key).await.is_none(), "{key}");
+        }
+    }
+    assert_eq!(origin.calls(), 3);
+}
+
+#[tokio::test]
 async fn hit_path_answers_carry_the_entrys_whole_metadata() {
     let cache = Cache::builder()
         .tier(daramjwee::MemoryStore::new("mem"))

@@ -126,7 +126,7 @@ impl<T: Tier<Body = EdgeBody>> EdgeCache<T> {
             Some(body) => {
                 let size = match &body {
                     ResponseBody::Direct { size, .. } => Some(*size),
-                    ResponseBody::Fill(_) => None,
+                    ResponseBody::Fill(reader) => reader.size(),
                 };
                 if let Some(size) = size {
                     headers.push(("content-length", size.to_string()));

@@ -23,6 +23,8 @@ pub enum Reply {
     Body(&'static str, Bytes),
     /// A body whose chunks the test sends through the channel it gets.
     Streamed(&'static str, mpsc::Receiver<Result<Bytes>>),
+    /// A body said to be of the given length, whatever its own.
+    Stated(&'static str, Bytes, u64),
     NotModified,
     NotFound,
     Fail,
@@ -89,6 +91,12 @@ impl Fetcher for Origin {
                 body: Box::pin(tokio_stream(rx)),
                 no_store: false,
                 size: None,
+            }),
+            Reply::Stated(tag, body, size) => Ok(FetchResult::Body {
+                meta: Metadata::tagged(tag),
+                body: Box::pin(futures::stream::iter([Ok(body)])),
+                no_store: false,
+                size: Some(size),
             }),
             Reply::NotModified => Ok(FetchResult::NotModified),
             Reply::NotFound => Ok(FetchResult::NotFound),
