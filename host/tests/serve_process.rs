@@ -1,4 +1,4 @@
-//! `daramjwee serve` as a real process: restarts and signals.
+//! `daramjwee serve` as a real process: restarts, signals and its memory.
 
 #[path = "../../tests/support/origin.rs"]
 mod origin;
@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use bytes::Bytes;
-use origin::{Origin, Route};
+use origin::{CHUNK, Origin, PERIOD, Route, pattern};
 
 /// A running `daramjwee serve` and the address it printed.
 struct Proxy {
@@ -128,5 +128,56 @@ async fn sigterm_finishes_the_request_in_flight() {
     proxy.terminate();
     let (status, _, body) = request.await.unwrap();
     assert_eq!((status, &body[..]), (200, &b"worth the wait"[..]));
+    assert!(proxy.wait().await.success());
+}
+
+/// The process's peak resident memory so far (`VmHWM`), in KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().strip_suffix("kB"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no VmHWM in /proc/{pid}/status"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_1_gib_body_streams_through_in_bounded_memory() {
+    const LEN: u64 = 1 << 30;
+    let origin = Origin::start().await;
+    origin.route("/big", Route::Sized { len: LEN });
+    let dir = tempfile::tempdir().unwrap();
+    // Neither tier keeps an object this large: the body only passes through.
+    let proxy = Proxy::start(&origin, dir.path()).await;
+    let mut response = reqwest::get(proxy.url("/big")).await.unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    assert_eq!(response.content_length(), Some(LEN));
+    let cache_status = response.headers()["cache-status"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        cache_status.contains("fwd=miss") && !cache_status.contains("stored"),
+        "{cache_status}"
+    );
+    // Every byte checked against what the origin sent at its offset.
+    let expected = pattern();
+    let mut received = 0u64;
+    while let Some(chunk) = response.chunk().await.unwrap() {
+        for part in chunk.chunks(CHUNK) {
+            let start = (received % PERIOD as u64) as usize;
+            assert_eq!(part, &expected[start..start + part.len()], "at {received}");
+            received += part.len() as u64;
+        }
+    }
+    assert_eq!(received, LEN);
+    let peak_mib = peak_rss_kib(proxy.child.id()) / 1024;
+    assert!(
+        peak_mib < 64,
+        "serve peaked at {peak_mib} MiB resident while streaming 1 GiB"
+    );
+    assert_eq!(origin.hits("/big"), 1);
+    proxy.terminate();
     assert!(proxy.wait().await.success());
 }

@@ -38,6 +38,21 @@ pub enum Route {
     Endless { dropped: Arc<Notify> },
     /// 200 whose body is the request target as the origin saw it.
     Echo,
+    /// 200 with a body of `len` bytes made as it is sent, 64 KiB at a
+    /// time, [`pattern`] from offset 0, and its `Content-Length`.
+    Sized { len: u64 },
+}
+
+/// Length of [`pattern`]'s period: a prime, so no chunk size lines up
+/// with it.
+pub const PERIOD: usize = 251;
+/// The chunk size of a [`Route::Sized`] body.
+pub const CHUNK: usize = 64 * 1024;
+
+/// `CHUNK + PERIOD` bytes of the repeating pattern `0, 1, ... 250`: the
+/// body's bytes from offset `o` on are `pattern().slice(o % PERIOD..)`.
+pub fn pattern() -> Bytes {
+    (0..CHUNK + PERIOD).map(|i| (i % PERIOD) as u8).collect()
 }
 
 impl Route {
@@ -203,6 +218,25 @@ async fn answer(
                 Some((Ok::<_, std::io::Error>(Frame::data(chunk)), guard))
             });
             Response::new(BodyExt::boxed_unsync(StreamBody::new(chunks)))
+        }
+        Some(Route::Sized { len }) => {
+            let pattern = pattern();
+            let chunks = futures::stream::unfold(0u64, move |sent| {
+                let pattern = pattern.clone();
+                async move {
+                    let n = (len - sent).min(CHUNK as u64) as usize;
+                    let start = (sent % PERIOD as u64) as usize;
+                    (n > 0).then(|| {
+                        let chunk = pattern.slice(start..start + n);
+                        (Ok::<_, std::io::Error>(Frame::data(chunk)), sent + n as u64)
+                    })
+                }
+            });
+            let mut response = Response::new(BodyExt::boxed_unsync(StreamBody::new(chunks)));
+            let headers = response.headers_mut();
+            headers.insert(header::CONTENT_LENGTH, len.into());
+            headers.insert(header::ETAG, "\"sized\"".parse().unwrap());
+            response
         }
         Some(Route::Ok {
             tag,

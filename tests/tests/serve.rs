@@ -503,6 +503,82 @@ async fn hundred_concurrent_cold_gets_fetch_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_deletes_puts_and_gets_never_serve_a_mixed_body() {
+    /// A body of `len` bytes that is `fill` throughout.
+    fn body(fill: u8, len: usize) -> Bytes {
+        Bytes::from(vec![fill; len])
+    }
+    let origin = Origin::start().await;
+    // Several chunks long, so a body pieced from two versions would show.
+    let from_origin = body(b'o', 300 * 1024);
+    origin.route(
+        "/contested",
+        Route::Ok {
+            tag: "\"o\"".into(),
+            body: from_origin.clone(),
+            cache_control: None,
+            delay: Duration::ZERO,
+        },
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let tiers = vec!["mem".into(), format!("file:{}", dir.path().display())];
+    let server = Arc::new(proxy(&origin, |c| c.tiers = tiers).await);
+    let client = reqwest::Client::new();
+    let target = url(&server, "/contested");
+    let written: Vec<Bytes> = (0..20u8)
+        .map(|i| body(b'A' + i, 200 * 1024 + usize::from(i) * 7_001))
+        .collect();
+
+    let writer = {
+        let (client, target, written) = (client.clone(), target.clone(), written.clone());
+        tokio::spawn(async move {
+            for put in written {
+                let auth = format!("Bearer {TOKEN}");
+                let request = client.put(&target).header("authorization", &auth).body(put);
+                assert_eq!(send(request).await.status, StatusCode::NO_CONTENT);
+                let request = client.delete(&target).header("authorization", &auth);
+                assert_eq!(send(request).await.status, StatusCode::NO_CONTENT);
+            }
+        })
+    };
+    let readers: Vec<_> = (0..4)
+        .map(|_| {
+            let (client, target) = (client.clone(), target.clone());
+            tokio::spawn(async move {
+                let mut bodies = Vec::new();
+                for _ in 0..40 {
+                    let got = send(client.get(&target)).await;
+                    assert_eq!(got.status, StatusCode::OK, "{}", got.cache_status);
+                    bodies.push(got.body);
+                }
+                bodies
+            })
+        })
+        .collect();
+    writer.await.unwrap();
+    for reader in readers {
+        for got in reader.await.unwrap() {
+            let whole = got == from_origin || written.contains(&got);
+            assert!(
+                whole,
+                "a body of {} bytes that no one wrote whole (starts {:?}, ends {:?})",
+                got.len(),
+                got.first(),
+                got.last()
+            );
+        }
+    }
+    // After the last delete, the origin's version again, from every tier.
+    let got = get(&server, "/contested").await;
+    assert_eq!(got.body, from_origin);
+    Arc::try_unwrap(server)
+        .ok()
+        .expect("no other owner")
+        .shutdown()
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn odd_keys_round_trip() {
     let origin = Origin::start().await;
     origin.fallback(Route::Echo);
