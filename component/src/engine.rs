@@ -266,7 +266,8 @@ impl Placement {
 struct FillPlan<R: Runtime> {
     key: String,
     generation: u64,
-    sinks: Vec<R::Sink>,
+    /// The writes of the body, each with the tier it writes.
+    sinks: Vec<(u32, R::Sink)>,
     /// Tiers whose entry of the key goes once the body is complete (and
     /// committed, when there are sinks).
     supersede: Vec<u32>,
@@ -877,7 +878,7 @@ impl<R: Runtime> Inner<R> {
         let top = self.place(key, meta, place);
         let mut sinks = Vec::new();
         if let Some(top) = top {
-            sinks.push(self.tiers[top].begin_write(key, meta).await?);
+            sinks.push((top as u32, self.tiers[top].begin_write(key, meta).await?));
         }
         let written = top.unwrap_or(0) as u32;
         copy_after.retain(|&t| t > written);
@@ -958,8 +959,24 @@ impl<R: Runtime> Inner<R> {
         let dropped = planned && sinks.is_empty();
         if ok && read && !dropped && self.generation(&key) == generation {
             let mut committed = true;
-            for sink in sinks.drain(..) {
+            let mut tiers = Vec::with_capacity(sinks.len());
+            for (tier, sink) in sinks.drain(..) {
                 committed &= sink.commit().await.is_ok();
+                tiers.push(tier);
+            }
+            // A `delete` or `set` of the key may have come while a commit
+            // was under way (a file tier renames on another thread), after
+            // the check above: what this fill wrote is then out of date,
+            // and goes rather than outlive them.
+            if self.generation(&key) != generation {
+                for &tier in tiers.iter().rev() {
+                    let tier = &self.tiers[tier as usize];
+                    // Unless what it holds now is no longer this fill's.
+                    if tier.stat(&key).await.ok().flatten().as_ref() == Some(fill.meta()) {
+                        let _ = tier.delete(&key).await;
+                    }
+                }
+                committed = false;
             }
             if committed {
                 // Upper tiers first gave way to a new version written
@@ -1084,7 +1101,7 @@ impl<R: Runtime> Inner<R> {
         };
         let mut sinks = Vec::with_capacity(targets.len());
         for &target in targets {
-            sinks.push(tier(target)?.begin_write(key, &entry.meta).await?);
+            sinks.push((target, tier(target)?.begin_write(key, &entry.meta).await?));
         }
         let plan = FillPlan {
             sinks,
@@ -1157,8 +1174,8 @@ fn not_found<R: Runtime>() -> Response<R> {
 
 /// Write `chunk` to every sink; false if any write failed (the fill then
 /// drops them all, which aborts them).
-async fn write_all<S: Sink>(sinks: &mut [S], chunk: &[u8]) -> bool {
-    for sink in sinks.iter_mut() {
+async fn write_all<S: Sink>(sinks: &mut [(u32, S)], chunk: &[u8]) -> bool {
+    for (_, sink) in sinks.iter_mut() {
         if sink.write(chunk.to_vec()).await.is_err() {
             return false;
         }

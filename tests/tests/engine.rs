@@ -372,6 +372,105 @@ async fn delete_during_an_inflight_fill_wins() {
     assert!(stat(&tiers[0], "k").await.is_none() && stat(&tiers[1], "k").await.is_none());
 }
 
+/// A memory tier whose commits wait until the test lets them land.
+#[derive(Clone)]
+struct HeldCommits {
+    inner: daramjwee::MemoryStore,
+    /// Told when a commit starts waiting.
+    waiting: Arc<tokio::sync::Notify>,
+    /// One permit lets one commit land.
+    land: Arc<tokio::sync::Semaphore>,
+}
+
+struct HeldSink {
+    inner: Box<dyn daramjwee::TierSink>,
+    tier: HeldCommits,
+}
+
+impl daramjwee::TierSink for HeldSink {
+    fn write(&mut self, data: Bytes) -> futures::future::BoxFuture<'_, daramjwee::Result<()>> {
+        self.inner.write(data)
+    }
+
+    fn commit(self: Box<Self>) -> futures::future::BoxFuture<'static, daramjwee::Result<()>> {
+        Box::pin(async move {
+            self.tier.waiting.notify_one();
+            self.tier.land.acquire().await.unwrap().forget();
+            self.inner.commit().await
+        })
+    }
+}
+
+impl Tier for HeldCommits {
+    fn name(&self) -> String {
+        self.inner.name()
+    }
+
+    fn get<'a>(
+        &'a self,
+        key: &'a str,
+    ) -> futures::future::BoxFuture<'a, daramjwee::Result<Option<daramjwee::TierEntry>>> {
+        self.inner.get(key)
+    }
+
+    fn stat<'a>(
+        &'a self,
+        key: &'a str,
+    ) -> futures::future::BoxFuture<'a, daramjwee::Result<Option<Metadata>>> {
+        self.inner.stat(key)
+    }
+
+    fn begin_write<'a>(
+        &'a self,
+        key: &'a str,
+        meta: Metadata,
+    ) -> futures::future::BoxFuture<'a, daramjwee::Result<Box<dyn daramjwee::TierSink>>> {
+        Box::pin(async move {
+            let inner = self.inner.begin_write(key, meta).await?;
+            let held: Box<dyn daramjwee::TierSink> = Box::new(HeldSink {
+                inner,
+                tier: self.clone(),
+            });
+            Ok(held)
+        })
+    }
+
+    fn delete<'a>(&'a self, key: &'a str) -> futures::future::BoxFuture<'a, daramjwee::Result<()>> {
+        self.inner.delete(key)
+    }
+}
+
+#[tokio::test]
+async fn delete_while_a_fill_commits_wins() {
+    let tier = HeldCommits {
+        inner: daramjwee::MemoryStore::new("held"),
+        waiting: Arc::default(),
+        land: Arc::new(tokio::sync::Semaphore::new(0)),
+    };
+    let cache = Cache::builder().tier(tier.clone()).build().await.unwrap();
+    let origin = Origin::new([
+        Reply::Body("old", body(1_000)),
+        Reply::Body("new", body(10)),
+    ]);
+    let waiting = tier.waiting.notified();
+    let r = cache.get("k", origin.clone()).await.unwrap();
+    let reader = tokio::spawn(read(r));
+    // The fill checked the key's generation and is committing: a delete
+    // comes now, finds nothing yet, and then the commit lands.
+    waiting.await;
+    cache.delete("k").await.unwrap();
+    tier.land.add_permits(1);
+    assert_eq!(reader.await.unwrap().unwrap(), body(1_000));
+    assert!(
+        eventually(async || tier.inner.stat("k").await.unwrap().is_none()).await,
+        "the deleted version outlived the delete"
+    );
+    tier.land.add_permits(1);
+    let r = cache.get("k", origin.clone()).await.unwrap();
+    assert_eq!((r.source, r.meta.tag.as_str()), (Source::Origin, "new"));
+    assert_eq!(origin.calls(), 2);
+}
+
 #[tokio::test]
 async fn set_during_an_inflight_fill_wins() {
     let (cache, tiers) = cache_with(1, |b| b).await;
