@@ -96,6 +96,15 @@ impl Body for GuestBody {
                 StreamResult::Complete(_) if buf.is_empty() => continue,
                 StreamResult::Complete(_) => {
                     self.read += buf.len() as u64;
+                    if let Some(size) = self.size
+                        && self.read > size
+                    {
+                        // Not one byte past the stated length goes on.
+                        self.ended = true;
+                        return Some(Err((self.mismatch)(format!(
+                            "body runs past its {size} bytes"
+                        ))));
+                    }
                     if buf.len() < buf.capacity() / 2 {
                         buf.shrink_to_fit();
                     }

@@ -116,6 +116,14 @@ impl Stream for Body {
         {
             if let Ok(bytes) = &chunk {
                 self.received += bytes.len() as u64;
+                if let Some(size) = self.size
+                    && self.received > size
+                {
+                    self.ended = true;
+                    return Poll::Ready(Some(Err(Error::Store(format!(
+                        "body runs past its {size} bytes"
+                    )))));
+                }
             }
             return Poll::Ready(Some(chunk));
         }

@@ -24,7 +24,9 @@ pub enum FetchResult {
         /// `Content-Length`): the body is written to the first tier that
         /// admits an entry of this size (see [`crate::Tier::admits`]).
         /// Unknown, it goes to tier 0, which drops it if it turns out too
-        /// large.
+        /// large. Readers are told it up front; a body that ends at
+        /// another length broke off: readers get an error, nothing is
+        /// cached.
         size: Option<u64>,
     },
     /// The copy the cache holds (whose metadata was passed in) is good.

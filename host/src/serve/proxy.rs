@@ -26,8 +26,8 @@ use daramjwee_component::http::{
 /// Body of every response the proxy sends.
 pub type ProxyBody = UnsyncBoxBody<Bytes, std::io::Error>;
 
-/// Bodies up to this size, when their size is known, are read whole
-/// before the response starts.
+/// Bodies the cache holds up to this size are read whole before the
+/// response starts.
 const WHOLE_BODY: u64 = 64 * 1024;
 
 /// Shared by every request.
@@ -204,6 +204,9 @@ async fn get(state: &State, key: &str, request: &Request<Incoming>) -> Response<
     if response.stale {
         metrics.stale.inc();
     }
+    // Bodies the cache holds come fast; a miss's only as fast as the
+    // origin sends it, so it streams whatever its size.
+    let held = matches!(response.source, Source::Tier(_)) && !outcome.fetched;
     let GetResponse {
         status, meta, body, ..
     } = response;
@@ -243,6 +246,7 @@ async fn get(state: &State, key: &str, request: &Request<Incoming>) -> Response<
                 empty()
             } else if let Some(size) = body.size()
                 && size <= WHOLE_BODY
+                && held
             {
                 // A small body of known size goes out with its headers in
                 // one write, instead of a write for each.
