@@ -372,6 +372,52 @@ async fn delete_during_an_inflight_fill_wins() {
     assert!(stat(&tiers[0], "k").await.is_none() && stat(&tiers[1], "k").await.is_none());
 }
 
+/// `Tier` methods a test tier hands straight to the memory store it wraps
+/// (its `inner`), named.
+macro_rules! from_inner {
+    (name) => {
+        fn name(&self) -> String {
+            self.inner.name()
+        }
+    };
+    (get) => {
+        fn get<'a>(
+            &'a self,
+            key: &'a str,
+        ) -> futures::future::BoxFuture<'a, daramjwee::Result<Option<daramjwee::TierEntry>>> {
+            self.inner.get(key)
+        }
+    };
+    (stat) => {
+        fn stat<'a>(
+            &'a self,
+            key: &'a str,
+        ) -> futures::future::BoxFuture<'a, daramjwee::Result<Option<Metadata>>> {
+            self.inner.stat(key)
+        }
+    };
+    (begin_write) => {
+        fn begin_write<'a>(
+            &'a self,
+            key: &'a str,
+            meta: Metadata,
+        ) -> futures::future::BoxFuture<'a, daramjwee::Result<Box<dyn daramjwee::TierSink>>> {
+            self.inner.begin_write(key, meta)
+        }
+    };
+    (delete) => {
+        fn delete<'a>(
+            &'a self,
+            key: &'a str,
+        ) -> futures::future::BoxFuture<'a, daramjwee::Result<()>> {
+            self.inner.delete(key)
+        }
+    };
+    ($($method:ident),+) => {
+        $(from_inner!($method);)+
+    };
+}
+
 /// A memory tier whose commits wait until the test lets them land.
 #[derive(Clone)]
 struct HeldCommits {
@@ -402,23 +448,7 @@ impl daramjwee::TierSink for HeldSink {
 }
 
 impl Tier for HeldCommits {
-    fn name(&self) -> String {
-        self.inner.name()
-    }
-
-    fn get<'a>(
-        &'a self,
-        key: &'a str,
-    ) -> futures::future::BoxFuture<'a, daramjwee::Result<Option<daramjwee::TierEntry>>> {
-        self.inner.get(key)
-    }
-
-    fn stat<'a>(
-        &'a self,
-        key: &'a str,
-    ) -> futures::future::BoxFuture<'a, daramjwee::Result<Option<Metadata>>> {
-        self.inner.stat(key)
-    }
+    from_inner!(name, get, stat, delete);
 
     fn begin_write<'a>(
         &'a self,
@@ -433,10 +463,6 @@ impl Tier for HeldCommits {
             });
             Ok(held)
         })
-    }
-
-    fn delete<'a>(&'a self, key: &'a str) -> futures::future::BoxFuture<'a, daramjwee::Result<()>> {
-        self.inner.delete(key)
     }
 }
 
@@ -870,9 +896,7 @@ impl Counting {
 }
 
 impl Tier for Counting {
-    fn name(&self) -> String {
-        self.inner.name()
-    }
+    from_inner!(name, stat, begin_write, delete);
 
     fn get_whole(&self, key: &str) -> daramjwee::Result<Option<(Metadata, Bytes)>> {
         self.wholes
@@ -887,25 +911,6 @@ impl Tier for Counting {
         self.streams
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         self.inner.get(key)
-    }
-
-    fn stat<'a>(
-        &'a self,
-        key: &'a str,
-    ) -> futures::future::BoxFuture<'a, daramjwee::Result<Option<Metadata>>> {
-        self.inner.stat(key)
-    }
-
-    fn begin_write<'a>(
-        &'a self,
-        key: &'a str,
-        meta: Metadata,
-    ) -> futures::future::BoxFuture<'a, daramjwee::Result<Box<dyn daramjwee::TierSink>>> {
-        self.inner.begin_write(key, meta)
-    }
-
-    fn delete<'a>(&'a self, key: &'a str) -> futures::future::BoxFuture<'a, daramjwee::Result<()>> {
-        self.inner.delete(key)
     }
 }
 
