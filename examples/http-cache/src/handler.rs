@@ -126,7 +126,8 @@ impl<T: Tier<Body = EdgeBody>> EdgeCache<T> {
             Some(body) => {
                 let size = match &body {
                     ResponseBody::Direct { size, .. } => Some(*size),
-                    ResponseBody::Fill(reader) => reader.size(),
+                    // A fill's end says it was published: it goes chunked.
+                    ResponseBody::Fill(_) => None,
                 };
                 if let Some(size) = size {
                     headers.push(("content-length", size.to_string()));

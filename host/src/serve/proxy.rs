@@ -207,6 +207,11 @@ async fn get(state: &State, key: &str, request: &Request<Incoming>) -> Response<
     // Bodies the cache holds come fast; a miss's only as fast as the
     // origin sends it, so it streams whatever its size.
     let held = matches!(response.source, Source::Tier(_)) && !outcome.fetched;
+    // A body being stored ends (and the client sees it end) only once the
+    // entry is published, so that the client's next request finds it: its
+    // length goes unsaid, since with a `Content-Length` the client would
+    // take its last byte for the end.
+    let length_said = !response.stored;
     let GetResponse {
         status, meta, body, ..
     } = response;
@@ -235,7 +240,7 @@ async fn get(state: &State, key: &str, request: &Request<Incoming>) -> Response<
         None if status == Status::NotFound => full("not found\n"),
         None => empty(),
         Some(body) => {
-            if let Some(size) = body.size() {
+            if let Some(size) = body.size().filter(|_| length_said) {
                 builder = builder.header(header::CONTENT_LENGTH, size);
             }
             if request.method() == Method::HEAD {
