@@ -4,8 +4,12 @@
 //! Freed slots are reused, so once warm nothing allocates. Each node keeps
 //! its key's hash, and the index holds only node numbers (4 bytes a slot,
 //! so it stays small enough for the CPU caches longer): dropping a victim
-//! never hashes its key again. The hash defaults to [`KeyHasher`], keyed at random, so
-//! clients choosing keys cannot force collisions.
+//! never hashes its key again. Each node also keeps the index bucket it was
+//! put in, so dropping it reads that bucket's control byte and slot side by
+//! side instead of one after the other, as a lookup by hash must (a node
+//! the index has moved since, by growing, is looked up). The hash defaults
+//! to [`KeyHasher`], keyed at random, so clients choosing keys cannot force
+//! collisions.
 
 use std::hash::{BuildHasher, Hash};
 
@@ -27,8 +31,10 @@ pub(super) struct Node<K> {
     pub newer: u32,
     /// Towards the tail of its queue (inserted earlier).
     pub older: u32,
-    /// In a free slot, the next free slot.
-    next_free: u32,
+    /// In a live node, the index bucket that held it when it was indexed
+    /// (a resize may have moved it since); in a free slot, the next free
+    /// slot.
+    link: u32,
     /// Policy data: an access counter or a visited bit.
     pub freq: u8,
     /// Which of the policy's queues holds the node.
@@ -115,14 +121,14 @@ impl<K: Hash + Eq, S: BuildHasher> Table<K, S> {
             size,
             newer: NIL,
             older: NIL,
-            next_free: NIL,
+            link: NIL,
             freq: 0,
             queue,
         };
         let idx = if self.free != NIL {
             let idx = self.free;
             let slot = &mut self.nodes[idx as usize];
-            self.free = slot.next_free;
+            self.free = slot.link;
             *slot = node;
             idx
         } else {
@@ -134,8 +140,13 @@ impl<K: Hash + Eq, S: BuildHasher> Table<K, S> {
             idx
         };
         let nodes = &self.nodes;
-        self.index
-            .insert_unique(hash, idx, |&i| nodes[i as usize].hash);
+        let bucket = self
+            .index
+            .insert_unique(hash, idx, |&i| nodes[i as usize].hash)
+            .bucket_index();
+        // Bucket numbers fit in 32 bits: the index holds node numbers,
+        // fewer than 2^32, and keeps at least one bucket in eight free.
+        self.nodes[idx as usize].link = bucket as u32;
         self.live += 1;
         idx
     }
@@ -170,14 +181,26 @@ impl<K: Hash + Eq, S: BuildHasher> Table<K, S> {
     }
 
     fn unindex(&mut self, idx: u32) -> Option<K> {
-        let hash = self.nodes[idx as usize].hash;
-        self.index
-            .find_entry(hash, |&i| i == idx)
-            .expect("live nodes are indexed")
-            .remove();
+        let node = &self.nodes[idx as usize];
+        let (hash, bucket) = (node.hash, node.link as usize);
+        // The bucket the node was put in: its control byte and its slot
+        // are read side by side, where a lookup by hash reads the one to
+        // find the other. If the index has grown or been rehashed since,
+        // the node has moved: look it up.
+        match self.index.get_bucket_entry(bucket) {
+            Ok(entry) if *entry.get() == idx => {
+                entry.remove();
+            }
+            _ => {
+                self.index
+                    .find_entry(hash, |&i| i == idx)
+                    .expect("live nodes are indexed")
+                    .remove();
+            }
+        }
         let free = self.free;
         let slot = &mut self.nodes[idx as usize];
-        slot.next_free = free;
+        slot.link = free;
         self.free = idx;
         self.live -= 1;
         slot.key.take()
@@ -343,6 +366,36 @@ mod tests {
             (table.get(&3), table.get(&4), table.len()),
             (Some(b), Some(a), 2)
         );
+    }
+
+    #[test]
+    fn nodes_indexed_before_the_index_grew_are_still_removed() {
+        let mut table = Table::new();
+        let ids: Vec<u32> = (0..5_000u32)
+            .map(|k| table.insert(table.hash(&k), k, 1, 0))
+            .collect();
+        // The newest node knows its bucket; the first ones were indexed
+        // before the index grew and moved them.
+        let newest = table.node(ids[4_999]);
+        let bucket = table
+            .index
+            .find_bucket_index(newest.hash, |&i| i == ids[4_999]);
+        assert_eq!(bucket, Some(newest.link as usize));
+        let moved = ids[..10].iter().filter(|&&id| {
+            let node = table.node(id);
+            table.index.find_bucket_index(node.hash, |&i| i == id) != Some(node.link as usize)
+        });
+        assert!(moved.count() > 0);
+        // Evens first, then odds: every removal takes its own node only.
+        for k in (0..5_000u32).step_by(2).chain((1..5_000).step_by(2)) {
+            assert_eq!(table.remove(ids[k as usize]), k);
+            assert_eq!(table.get(&k), None);
+            if k + 1 < 5_000 && k % 2 == 0 {
+                assert_eq!(table.get(&(k + 1)), Some(ids[k as usize + 1]));
+            }
+        }
+        assert!(table.index.is_empty());
+        assert_eq!(table.len(), 0);
     }
 
     #[test]
