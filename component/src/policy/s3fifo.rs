@@ -30,6 +30,7 @@
 //!   libCacheSim makes room before refusing a key of exactly the small
 //!   queue's size; here it is refused before anything is evicted.
 
+use std::collections::VecDeque;
 use std::hash::{BuildHasher, Hash};
 
 use super::table::{List, NIL, Table};
@@ -43,6 +44,12 @@ const GHOST: u8 = 2;
 const MAX_FREQ: u8 = 3;
 /// Hits in the small queue that earn a move to the main queue.
 const MOVE_TO_MAIN: u8 = 2;
+/// How many places behind the main queue's oldest node a pop asks the CPU
+/// for a node, so that a CLOCK pass re-inserting many in a row finds
+/// each loaded.
+const AHEAD: usize = 8;
+/// A node that has left the main queue's ring.
+const GONE: u8 = u8::MAX;
 
 /// S3-FIFO eviction over a byte capacity.
 pub struct S3Fifo<K, S = KeyHasher> {
@@ -51,8 +58,18 @@ pub struct S3Fifo<K, S = KeyHasher> {
     main_capacity: u64,
     ghost_capacity: u64,
     table: Table<K, S>,
-    /// Indexed by `SMALL`, `MAIN`, `GHOST`.
+    /// Indexed by `SMALL`, `MAIN`, `GHOST`. The small and ghost queues are
+    /// linked through their nodes; the main queue's entry only counts its
+    /// nodes and bytes, its order is `main`.
     queues: [List; 3],
+    /// The main queue, oldest first: a ring of node numbers. A main node's
+    /// `older` field holds the position it was pushed at (counted since
+    /// the queue began, wrapping), so an entry whose node was re-inserted
+    /// later, or left, no longer matches and is skipped. Unlike a linked
+    /// queue, the nodes the next pops take are known in advance.
+    main: VecDeque<u32>,
+    /// The position of `main[0]`.
+    main_front: u32,
     has_evicted: bool,
 }
 
@@ -77,6 +94,8 @@ impl<K: Hash + Eq + Clone, S: BuildHasher> S3Fifo<K, S> {
             ghost_capacity,
             table: Table::with_hasher(hasher),
             queues: [List::new(); 3],
+            main: VecDeque::new(),
+            main_front: 0,
             has_evicted: false,
         }
     }
@@ -85,15 +104,70 @@ impl<K: Hash + Eq + Clone, S: BuildHasher> S3Fifo<K, S> {
         self.queues[SMALL as usize].bytes + self.queues[MAIN as usize].bytes
     }
 
-    /// Links an unlinked node at the head of queue `q`.
+    /// Puts an unlinked node at the head of queue `q`.
     fn push(&mut self, idx: u32, q: u8) {
-        self.table.node_mut(idx).queue = q;
-        self.queues[q as usize].push_head(&mut self.table, idx);
+        let node = self.table.node_mut(idx);
+        node.queue = q;
+        if q != MAIN {
+            self.queues[q as usize].push_head(&mut self.table, idx);
+            return;
+        }
+        node.older = self.main_front.wrapping_add(self.main.len() as u32);
+        let main = &mut self.queues[MAIN as usize];
+        main.bytes += node.size;
+        main.len += 1;
+        self.main.push_back(idx);
     }
 
+    /// Takes a node out of its queue, wherever it is in it; a node leaving
+    /// the main queue this way is about to be forgotten.
     fn unlink(&mut self, idx: u32) {
-        let q = self.table.node(idx).queue;
-        self.queues[q as usize].unlink(&mut self.table, idx);
+        let node = self.table.node_mut(idx);
+        let q = node.queue;
+        if q != MAIN {
+            self.queues[q as usize].unlink(&mut self.table, idx);
+            return;
+        }
+        node.queue = GONE;
+        let main = &mut self.queues[MAIN as usize];
+        main.bytes -= node.size;
+        main.len -= 1;
+        // Left-behind entries wait for the front, unless they come to
+        // outnumber the live ones: then the ring keeps the live ones,
+        // renumbered.
+        if self.main.len() > 2 * main.len + 64 {
+            let table = &mut self.table;
+            let mut pos = self.main_front;
+            self.main.retain(|&i| {
+                let node = table.node(i);
+                let live = node.queue == MAIN && node.older == pos;
+                pos = pos.wrapping_add(1);
+                live
+            });
+            for (at, &i) in self.main.iter().enumerate() {
+                table.node_mut(i).older = self.main_front.wrapping_add(at as u32);
+            }
+        }
+    }
+
+    /// Takes the main queue's oldest node out, asking the CPU for the node
+    /// [`AHEAD`] places behind it.
+    fn pop_main(&mut self) -> Option<u32> {
+        while let Some(idx) = self.main.pop_front() {
+            let pos = self.main_front;
+            self.main_front = self.main_front.wrapping_add(1);
+            let node = self.table.node(idx);
+            if node.queue == MAIN && node.older == pos {
+                let main = &mut self.queues[MAIN as usize];
+                main.bytes -= node.size;
+                main.len -= 1;
+                if let Some(&ahead) = self.main.get(AHEAD - 1) {
+                    self.table.prefetch(ahead);
+                }
+                return Some(idx);
+            }
+        }
+        None
     }
 
     /// Forgets an unlinked resident node entirely.
@@ -143,11 +217,7 @@ impl<K: Hash + Eq + Clone, S: BuildHasher> S3Fifo<K, S> {
     /// with none leaves (None if the queue is empty).
     fn evict_main(&mut self) -> Option<K> {
         loop {
-            let idx = self.queues[MAIN as usize].tail;
-            if idx == NIL {
-                return None;
-            }
-            self.unlink(idx);
+            let idx = self.pop_main()?;
             let node = self.table.node_mut(idx);
             if node.freq > 0 {
                 node.freq = node.freq.min(MAX_FREQ) - 1;
@@ -298,14 +368,63 @@ mod tests {
         s3.table.get(&key).map(|idx| s3.table.node(idx).queue)
     }
 
+    /// The keys of queue `q`, oldest first.
     fn keys_of(s3: &S3Fifo<u32>, q: u8) -> Vec<u32> {
         let mut out = Vec::new();
-        let mut at = s3.queues[q as usize].tail;
-        while at != NIL {
-            out.push(*s3.table.key(at));
-            at = s3.table.node(at).newer;
+        if q == MAIN {
+            let mut pos = s3.main_front;
+            for &idx in &s3.main {
+                let node = s3.table.node(idx);
+                if node.queue == MAIN && node.older == pos {
+                    out.push(*s3.table.key(idx));
+                }
+                pos = pos.wrapping_add(1);
+            }
+        } else {
+            let mut at = s3.queues[q as usize].tail;
+            while at != NIL {
+                out.push(*s3.table.key(at));
+                at = s3.table.node(at).newer;
+            }
         }
+        assert_eq!(out.len(), s3.queues[q as usize].len);
         out
+    }
+
+    #[test]
+    fn deleted_main_keys_leave_no_trace_in_its_ring() {
+        let (mut s3, mut evicted) = filled(1_000, 1_000);
+        // Keys 100.. filled the main queue while the cache was cold.
+        for round in 0..100u32 {
+            for k in 100..1_000 {
+                if k % 20 == round % 20 {
+                    assert!(s3.remove(&k));
+                    s3.insert(k, 1, &mut evicted);
+                }
+            }
+            assert!(s3.main.len() <= 2 * s3.queues[MAIN as usize].len + 65);
+        }
+        assert!(evicted.is_empty());
+        let main = keys_of(&s3, MAIN);
+        assert_eq!(main.len(), 900);
+        // Evicting now walks the ring in order, skipping what was left.
+        let mut order = Vec::new();
+        while let Some(key) = s3.evict_main() {
+            order.push(key);
+        }
+        assert_eq!(order, main);
+        assert_eq!((s3.len(), s3.used()), (100, 100));
+    }
+
+    /// A cache of `capacity` with keys `0..keys` inserted in order, size 1
+    /// each, and what inserting them evicted.
+    fn filled(capacity: u64, keys: u32) -> (S3Fifo<u32>, Vec<u32>) {
+        let mut s3 = S3Fifo::new(capacity);
+        let mut evicted = Vec::new();
+        for k in 0..keys {
+            s3.insert(k, 1, &mut evicted);
+        }
+        (s3, evicted)
     }
 
     /// The simulator's request: a hit touches, a miss inserts.
@@ -332,11 +451,7 @@ mod tests {
 
     #[test]
     fn cold_cache_fills_main_once_small_is_full() {
-        let mut s3 = S3Fifo::new(100);
-        let mut evicted = Vec::new();
-        for k in 0..100 {
-            s3.insert(k, 1, &mut evicted);
-        }
+        let (s3, evicted) = filled(100, 100);
         assert!(evicted.is_empty());
         assert_eq!(keys_of(&s3, SMALL), (0..10).collect::<Vec<_>>());
         assert_eq!(keys_of(&s3, MAIN), (10..100).collect::<Vec<_>>());
@@ -344,11 +459,7 @@ mod tests {
 
     #[test]
     fn one_hit_wonder_leaves_through_ghost_and_returns_to_main() {
-        let mut s3 = S3Fifo::new(100);
-        let mut evicted = Vec::new();
-        for k in 0..100 {
-            s3.insert(k, 1, &mut evicted);
-        }
+        let (mut s3, mut evicted) = filled(100, 100);
         s3.insert(100, 1, &mut evicted);
         // Key 0 was the oldest in the small queue and never hit.
         assert_eq!(evicted, [0]);
@@ -424,11 +535,7 @@ mod tests {
 
     #[test]
     fn small_queue_promotes_keys_hit_twice() {
-        let mut s3 = S3Fifo::new(100);
-        let mut evicted = Vec::new();
-        for k in 0..100 {
-            s3.insert(k, 1, &mut evicted);
-        }
+        let (mut s3, mut evicted) = filled(100, 100);
         s3.touch(&0);
         s3.touch(&1);
         s3.touch(&1);
@@ -446,11 +553,7 @@ mod tests {
 
     #[test]
     fn main_queue_reinserts_hit_keys_with_capped_counter() {
-        let mut s3 = S3Fifo::new(100);
-        let mut evicted = Vec::new();
-        for k in 0..100 {
-            s3.insert(k, 1, &mut evicted);
-        }
+        let (mut s3, _) = filled(100, 100);
         for _ in 0..10 {
             s3.touch(&10);
         }
@@ -554,11 +657,7 @@ mod tests {
 
     #[test]
     fn remove_and_evict_keep_used_in_step() {
-        let mut s3 = S3Fifo::new(100);
-        let mut evicted = Vec::new();
-        for k in 0..101 {
-            s3.insert(k, 1, &mut evicted);
-        }
+        let (mut s3, evicted) = filled(100, 101);
         assert_eq!(evicted, [0]);
         assert_eq!((s3.len(), s3.used()), (100, 100));
         // Resident in small, resident in main, and only remembered.

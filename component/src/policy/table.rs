@@ -29,7 +29,9 @@ pub(super) struct Node<K> {
     pub size: u64,
     /// Towards the head of its queue (inserted later).
     pub newer: u32,
-    /// Towards the tail of its queue (inserted earlier).
+    /// Towards the tail of its queue (inserted earlier). S3-FIFO's main
+    /// queue, a ring rather than a linked queue, keeps here the position
+    /// the node was pushed at.
     pub older: u32,
     /// In a live node, the index bucket that held it when it was indexed
     /// (a resize may have moved it since); in a free slot, the next free
@@ -39,6 +41,21 @@ pub(super) struct Node<K> {
     pub freq: u8,
     /// Which of the policy's queues holds the node.
     pub queue: u8,
+}
+
+/// Asks the CPU to start loading the cache line `value` starts in. Only a
+/// hint: it changes nothing the program sees.
+#[inline]
+fn prefetch<T>(value: &T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch reads nothing the program sees and cannot fault;
+    // the address is that of a live reference besides.
+    unsafe {
+        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        _mm_prefetch::<_MM_HINT_T0>(std::ptr::from_ref(value).cast());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = value;
 }
 
 /// Nodes addressed by `u32` index, with a free list and a hash index.
@@ -228,6 +245,15 @@ impl<K, S> Table<K, S> {
 
     pub fn node_mut(&mut self, idx: u32) -> &mut Node<K> {
         &mut self.nodes[idx as usize]
+    }
+
+    /// Asks the CPU to start loading node `idx`, so that code reading it
+    /// later does not wait for memory. Only a hint: it changes nothing.
+    #[inline]
+    pub fn prefetch(&self, idx: u32) {
+        if let Some(node) = self.nodes.get(idx as usize) {
+            prefetch(node);
+        }
     }
 }
 
