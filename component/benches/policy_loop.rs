@@ -10,32 +10,12 @@ use std::time::Instant;
 
 use daramjwee_component::policy::{Policy, PolicyKind};
 
-/// Keys, cached keys and requests per pass.
+mod workload;
+use workload::{STREAM, zipf_stream};
+
+/// Keys and cached keys.
 const KEYS: usize = 1 << 20;
 const CAPACITY: u64 = 1 << 17;
-const STREAM: usize = 1 << 22;
-
-/// The same Zipf(0.8) stream as `benches/policy.rs` (xorshift64*, seed
-/// 0x5EED, ranks scattered over the key space).
-fn stream() -> Vec<u64> {
-    let mut cdf = Vec::with_capacity(KEYS);
-    let mut total = 0.0;
-    for rank in 1..=KEYS {
-        total += (rank as f64).powf(-0.8);
-        cdf.push(total);
-    }
-    let mut x = 0x5EEDu64;
-    (0..STREAM)
-        .map(|_| {
-            x ^= x >> 12;
-            x ^= x << 25;
-            x ^= x >> 27;
-            let unit = (x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 / (1u64 << 53) as f64;
-            let rank = cdf.partition_point(|&c| c < unit * total) as u64;
-            rank.wrapping_mul(0x9E37_79B9_7F4A_7C15)
-        })
-        .collect()
-}
 
 /// One pass: a hit touches, a miss inserts (and evicts). Returns the hits.
 fn pass(policy: &mut dyn Policy<u64>, stream: &[u64], evicted: &mut Vec<u64>) -> usize {
@@ -65,7 +45,7 @@ fn main() {
             std::process::exit(2);
         }
     };
-    let stream = stream();
+    let stream = zipf_stream(KEYS, 0.8, 0x5EED);
     for kind in kinds {
         let mut policy = kind.build::<u64>(CAPACITY);
         let mut evicted = Vec::new();
