@@ -783,7 +783,7 @@ impl<R: Runtime> Inner<R> {
             .plan(key, generation, &meta, place, copy_after, !matched, dirty)
             .await;
         let answer_meta = meta.clone();
-        let stored = !plan.sinks.is_empty();
+        let stored = self.keeps_whole(&plan, key, &meta, place.size);
         let reader = self.start_fill(meta, place.size, body, plan, Some(lead));
         if matched {
             drop(reader);
@@ -826,6 +826,22 @@ impl<R: Runtime> Inner<R> {
                 }
             }
         }
+    }
+
+    /// Whether a fill's answer may say its body is stored: a tier's sink
+    /// is open and that tier keeps the body whatever its length. A body of
+    /// unknown length may outgrow a tier that bounds its entries and be
+    /// dropped after its answer has gone, so that answer says nothing.
+    fn keeps_whole(
+        &self,
+        plan: &FillPlan<R>,
+        key: &str,
+        meta: &Metadata,
+        size: Option<u64>,
+    ) -> bool {
+        plan.sinks.first().is_some_and(|(tier, _)| {
+            size.is_some() || self.tiers[*tier as usize].admits(key, meta, u64::MAX)
+        })
     }
 
     /// The tier a fill is written to: the first of `place.within` that

@@ -84,7 +84,7 @@ fn charge(key: &str, meta: &Metadata, body_len: u64) -> u64 {
         .iter()
         .map(|(name, value)| name.len() + value.len())
         .sum();
-    (key.len() + meta.tag.len() + attributes) as u64 + body_len
+    ((key.len() + meta.tag.len() + attributes) as u64).saturating_add(body_len)
 }
 
 impl MemoryStore {

@@ -38,6 +38,8 @@ pub enum Route {
     Endless { dropped: Arc<Notify> },
     /// 200 whose body is the request target as the origin saw it.
     Echo,
+    /// 200 with this tag and body sent chunked: no `Content-Length`.
+    Chunked { tag: String, body: Bytes },
     /// 200 with a body of `len` bytes made as it is sent, 64 KiB at a
     /// time, [`pattern`] from offset 0, and its `Content-Length`.
     Sized { len: u64 },
@@ -55,6 +57,13 @@ pub fn pattern() -> Bytes {
     (0..CHUNK + PERIOD).map(|i| (i % PERIOD) as u8).collect()
 }
 
+/// A body of `len` letters, `a` to `z` over and over.
+pub fn letters(len: usize) -> String {
+    (0..len)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect()
+}
+
 impl Route {
     /// A plain 200.
     pub fn ok(tag: &str, body: &str) -> Route {
@@ -63,6 +72,16 @@ impl Route {
             body: Bytes::from(body.to_owned()),
             cache_control: None,
             delay: Duration::ZERO,
+        }
+    }
+
+    /// A plain 200 of `body` (a [`letters`] body, say) sent after `delay`.
+    pub fn slow(tag: &str, body: &str, delay: Duration) -> Route {
+        Route::Ok {
+            tag: format!("\"{tag}\""),
+            body: Bytes::from(body.to_owned()),
+            cache_control: None,
+            delay,
         }
     }
 
@@ -218,6 +237,18 @@ async fn answer(
                 Some((Ok::<_, std::io::Error>(Frame::data(chunk)), guard))
             });
             Response::new(BodyExt::boxed_unsync(StreamBody::new(chunks)))
+        }
+        Some(Route::Chunked { tag, body }) => {
+            let chunks: Vec<_> = body
+                .chunks(16 * 1024)
+                .map(|c| Ok::<_, std::io::Error>(Frame::data(Bytes::copy_from_slice(c))))
+                .collect();
+            let stream = StreamBody::new(futures::stream::iter(chunks));
+            let mut response = Response::new(BodyExt::boxed_unsync(stream));
+            response
+                .headers_mut()
+                .insert(header::ETAG, tag.parse().unwrap());
+            response
         }
         Some(Route::Sized { len }) => {
             let pattern = pattern();

@@ -46,6 +46,16 @@ pub fn stock_wasmtime() -> PathBuf {
     PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
 }
 
+/// How `wasmtime serve` gives requests to instances.
+#[derive(Clone, Copy, Debug)]
+pub enum Instances {
+    /// A new instance for every request (its default).
+    PerRequest,
+    /// As Spin 4.1 does: one instance takes up to 16 requests at once and
+    /// serves up to 128 before it is replaced.
+    Reused,
+}
+
 /// A running `wasmtime serve`.
 pub struct Serve {
     child: Child,
@@ -57,9 +67,27 @@ impl Serve {
     /// Serve `wasm` with WASI 0.3 and `wasi:http`, `cache_dir` preopened
     /// as `/cache`, and `env` passed to the component.
     pub fn start(wasm: &Path, cache_dir: &Path, env: &[(&str, String)]) -> Serve {
+        Serve::start_with(Instances::PerRequest, wasm, cache_dir, env)
+    }
+
+    /// [`Serve::start`], giving requests to instances as `instances` says.
+    pub fn start_with(
+        instances: Instances,
+        wasm: &Path,
+        cache_dir: &Path,
+        env: &[(&str, String)],
+    ) -> Serve {
         let mut cmd = Command::new(stock_wasmtime());
-        cmd.args(["serve", "-Sp3", "-Shttp", "-Scli", "--addr", "127.0.0.1:0"])
-            .arg("--dir")
+        cmd.args(["serve", "-Sp3", "-Shttp", "-Scli", "--addr", "127.0.0.1:0"]);
+        if let Instances::Reused = instances {
+            cmd.args([
+                "--max-instance-reuse-count",
+                "128",
+                "--max-instance-concurrent-reuse-count",
+                "16",
+            ]);
+        }
+        cmd.arg("--dir")
             .arg(format!("{}::/cache", cache_dir.display()));
         for (name, value) in env {
             cmd.arg("--env").arg(format!("{name}={value}"));

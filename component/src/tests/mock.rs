@@ -179,7 +179,7 @@ impl Tier for MockTier {
         // Charged the body and the tag.
         self.max_entry
             .get()
-            .is_none_or(|max| size + meta.tag.len() as u64 <= max)
+            .is_none_or(|max| size.saturating_add(meta.tag.len() as u64) <= max)
     }
 
     async fn stat(&self, key: &str) -> Result<Option<Metadata>> {

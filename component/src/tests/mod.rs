@@ -114,6 +114,27 @@ fn a_body_no_tier_admits_is_served_and_stored_nowhere() {
 }
 
 #[test]
+fn a_body_of_unknown_length_is_said_stored_only_by_a_tier_that_keeps_any_length() {
+    // Bounded tier 0: the body is tried there, but its answer goes before
+    // the body's end shows whether it fits, so it does not say stored.
+    let mut h = Harness::new(1);
+    h.tiers[0].max_entry.set(Some(4));
+    let origin = MockOrigin::replying([body("v", b"too large")]);
+    let r = h.get("k", &origin).unwrap();
+    assert_eq!((r.source, r.stored), (Source::Origin, false));
+    assert_eq!(h.run(read_body(r.body)).unwrap(), b"too large");
+
+    // Unbounded tier 0: the same body is kept whatever its length.
+    let mut h = Harness::new(1);
+    let origin = MockOrigin::replying([body("v", b"too large")]);
+    let r = h.get("k", &origin).unwrap();
+    assert_eq!((r.source, r.stored), (Source::Origin, true));
+    assert_eq!(h.run(read_body(r.body)).unwrap(), b"too large");
+    h.run_jobs();
+    assert_eq!(h.tiers[0].body("k").unwrap(), b"too large");
+}
+
+#[test]
 fn a_new_version_written_below_tier_0_removes_the_old_one_above() {
     let mut h = Harness::new(2);
     h.tiers[0].max_entry.set(Some(8));

@@ -134,7 +134,7 @@ impl<T: Tier<Body = EdgeBody>> EdgeCache<T> {
                 }
                 if head {
                     // Read it anyway, so that a miss still fills the cache.
-                    wasip3::spawn(async move {
+                    wasip3::spawn_local(async move {
                         let mut body = Piece::Engine(body);
                         while let Some(Ok(_)) = body.next().await {}
                     });
@@ -210,7 +210,7 @@ fn respond<R: Runtime>(
         }
         Some(mut body) => {
             let (mut tx, rx) = wit_stream::new::<u8>();
-            wasip3::spawn(async move {
+            wasip3::spawn_local(async move {
                 let result = loop {
                     match body.next().await {
                         Some(Ok(chunk)) => {

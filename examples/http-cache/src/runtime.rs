@@ -68,7 +68,7 @@ impl<T: Tier<Body = EdgeBody>> Runtime for EdgeRt<T> {
         }
         self.running.set(self.running.get() + 1);
         let running = Rc::clone(&self.running);
-        wasip3::spawn(async move {
+        wasip3::spawn_local(async move {
             // A failed refresh keeps the old entry; nothing to report to.
             let _ = engine.run_job(job, origin).await;
             running.set(running.get() - 1);
@@ -77,6 +77,6 @@ impl<T: Tier<Body = EdgeBody>> Runtime for EdgeRt<T> {
     }
 
     fn spawn(&self, task: impl Future<Output = ()> + 'static) {
-        wasip3::spawn(task);
+        wasip3::spawn_local(task);
     }
 }

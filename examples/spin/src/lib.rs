@@ -6,8 +6,21 @@
 use std::cell::RefCell;
 
 use daramjwee_http_cache::{EdgeCache, KeyValue, KvTier, Settings, text_response};
-use spin_sdk::key_value::Store;
 use wasip3::http::types::{ErrorCode, Request, Response};
+
+use bindings::spin::key_value::key_value::Store;
+use bindings::spin::variables::variables;
+
+/// Spin's key-value store and variables (`wit/`).
+mod bindings {
+    wit_bindgen::generate!({
+        path: "wit",
+        world: "daramjwee:spin-app/spin-imports",
+        // Spin's functions are `async func`s: bound as async Rust functions.
+        async: true,
+        generate_all,
+    });
+}
 
 wasip3::http::service::export!(App);
 
@@ -49,7 +62,7 @@ async fn open() -> std::result::Result<EdgeCache<KvTier<SpinKv>>, String> {
     let mut values = Vec::new();
     for name in Settings::NAMES.into_iter().chain(["max_entry_bytes"]) {
         // An undeclared or empty variable means "use the default".
-        if let Ok(value) = spin_sdk::variables::get(name).await
+        if let Ok(value) = variables::get(name.to_owned()).await
             && !value.trim().is_empty()
         {
             values.push((name, value));
@@ -69,9 +82,9 @@ async fn open() -> std::result::Result<EdgeCache<KvTier<SpinKv>>, String> {
             .parse()
             .map_err(|_| format!("max_entry_bytes: {text:?} is not a number of bytes"))?,
     };
-    let store = Store::open_default()
+    let store = Store::open("default".to_owned())
         .await
-        .map_err(|e| format!("key-value store `default`: {e}"))?;
+        .map_err(|e| format!("key-value store `default`: {e:?}"))?;
     EdgeCache::open(
         settings,
         KvTier::new("spin-kv:default", SpinKv(store), max_entry),
@@ -83,14 +96,23 @@ pub struct SpinKv(Store);
 
 impl KeyValue for SpinKv {
     async fn get(&self, key: &str) -> std::result::Result<Option<Vec<u8>>, String> {
-        self.0.get(key).await.map_err(|e| e.to_string())
+        self.0
+            .get(key.to_owned())
+            .await
+            .map_err(|e| format!("{e:?}"))
     }
 
     async fn set(&self, key: &str, value: &[u8]) -> std::result::Result<(), String> {
-        self.0.set(key, value).await.map_err(|e| e.to_string())
+        self.0
+            .set(key.to_owned(), value.to_vec())
+            .await
+            .map_err(|e| format!("{e:?}"))
     }
 
     async fn delete(&self, key: &str) -> std::result::Result<(), String> {
-        self.0.delete(key).await.map_err(|e| e.to_string())
+        self.0
+            .delete(key.to_owned())
+            .await
+            .map_err(|e| format!("{e:?}"))
     }
 }
