@@ -99,28 +99,8 @@ fi
 # Sockets: 1000 clients plus as many upstream connections per proxy.
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
-tmp=$(mktemp -d /tmp/http_compare.XXXXXX)
-chmod 755 "$tmp"
-pids=()
-
-cleanup() {
-    local rc=$?
-    set +e
-    for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null; done
-    for pid in "${pids[@]}"; do
-        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$pid" 2>/dev/null
-        wait "$pid" 2>/dev/null
-    done
-    if [ "$keep" = 1 ]; then
-        log "kept $tmp"
-    else
-        rm -rf "$tmp"
-    fi
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+# shellcheck source=benches/servers.sh
+source "$here/servers.sh" http_compare
 
 read -r p_origin p_static p_nginx p_varnish p_djw p_metrics < <(python3 "$helper" ports 6)
 run_id=$(date +%s)-$$
