@@ -648,9 +648,14 @@ impl<R: Runtime> Inner<R> {
                 response.stored = !dirty;
                 Ok(Step::Done(response))
             }
-            Fetched::NotModified => {
+            Fetched::NotModified | Fetched::Revalidated(_) => {
                 // Serve our copy again from the tier that holds it, and
-                // write it back to tier 0 with a new `cached-at`.
+                // write it back to tier 0 with a new `cached-at` (and the
+                // origin's new metadata, when it sent some).
+                let renewed = match fetched {
+                    Fetched::Revalidated(meta) => Some(meta),
+                    _ => None,
+                };
                 let vanished = || {
                     Error::Other(
                         "the origin answered not-modified but the cached copy is gone".into(),
@@ -667,8 +672,7 @@ impl<R: Runtime> Inner<R> {
                         return Ok(Step::Done(not_found()));
                     }
                 };
-                let mut meta = entry.meta;
-                meta.cached_at = Some(self.rt.now_ms());
+                let meta = confirmed(renewed, entry.meta, self.rt.now_ms());
                 let place = Placement::kept(entry.size, i + 1);
                 self.serve_fill(
                     key,
@@ -690,7 +694,7 @@ impl<R: Runtime> Inner<R> {
                 no_store,
                 size,
             } => {
-                meta.cached_at = Some(self.rt.now_ms());
+                meta.cached_at = Some(received_at(&meta, self.rt.now_ms()));
                 meta.negative = false;
                 // A body the origin forbids storing is served like a dirty
                 // request's: no sink, so no commit and no copy.
@@ -1041,25 +1045,28 @@ impl<R: Runtime> Inner<R> {
             }
         }
         let all_lower = self.lower_tiers(1, self.tiers.len());
-        match origin
+        let fetched = origin
             .fetch(key, held.as_ref().map(|(_, meta)| meta))
-            .await?
-        {
+            .await?;
+        match fetched {
             Fetched::NotFound => {
                 let meta = Metadata::negative_at(self.rt.now_ms());
                 self.write_negative(key, generation, &meta, 0..1).await;
                 self.submit_copy(key, generation, 0, all_lower);
                 Ok(())
             }
-            Fetched::NotModified => {
+            Fetched::NotModified | Fetched::Revalidated(_) => {
+                let renewed = match fetched {
+                    Fetched::Revalidated(meta) => Some(meta),
+                    _ => None,
+                };
                 let Some((i, _)) = held else {
                     return Err(Error::NotFound);
                 };
                 let Some(entry) = self.tiers[i].get(key).await? else {
                     return Err(Error::NotFound);
                 };
-                let mut meta = entry.meta;
-                meta.cached_at = Some(self.rt.now_ms());
+                let meta = confirmed(renewed, entry.meta, self.rt.now_ms());
                 let place = Placement::kept(entry.size, i + 1);
                 self.background_fill(key, generation, meta, entry.body, place, Vec::new())
                     .await
@@ -1072,7 +1079,7 @@ impl<R: Runtime> Inner<R> {
                 no_store: false,
                 size,
             } => {
-                meta.cached_at = Some(self.rt.now_ms());
+                meta.cached_at = Some(received_at(&meta, self.rt.now_ms()));
                 meta.negative = false;
                 let place = Placement::new_version(size, self.tiers.len());
                 self.background_fill(key, generation, meta, body, place, all_lower)
@@ -1169,6 +1176,29 @@ fn answer_from<R: Runtime>(
         stored: false,
         body: Some(ResponseBody::Direct { body, size }),
     })
+}
+
+/// When an origin body counts as cached: now, or earlier when the origin
+/// said its answer was already that old (an HTTP `Age`), never later.
+fn received_at(meta: &Metadata, now: u64) -> u64 {
+    meta.cached_at.map_or(now, |at| at.min(now))
+}
+
+/// The metadata of a copy the origin confirmed at `now`: the metadata it
+/// sent (`renewed`, cached as of its age), else the copy's own, cached now.
+fn confirmed(renewed: Option<Metadata>, held: Metadata, now: u64) -> Metadata {
+    let mut meta = match renewed {
+        Some(meta) => Metadata {
+            cached_at: Some(received_at(&meta, now)),
+            ..meta
+        },
+        None => Metadata {
+            cached_at: Some(now),
+            ..held
+        },
+    };
+    meta.negative = false;
+    meta
 }
 
 /// A response reading a fill; `stored` when the fill writes a tier.

@@ -186,6 +186,7 @@ impl crate::Origin for origin::Fetcher {
                     size: f.size,
                 },
                 origin::FetchResult::NotModified => Fetched::NotModified,
+                origin::FetchResult::Revalidated(meta) => Fetched::Revalidated(meta.into()),
                 origin::FetchResult::NotFound => Fetched::NotFound,
             },
         )

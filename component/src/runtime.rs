@@ -85,6 +85,8 @@ pub enum Fetched<B> {
     },
     /// The copy we hold is still good.
     NotModified,
+    /// The copy we hold is still good, with this metadata from now on.
+    Revalidated(Metadata),
     /// The key does not exist; cache that.
     NotFound,
 }

@@ -12,7 +12,9 @@ use crate::{Metadata, Result};
 
 /// The origin's answer to a fetch.
 pub enum FetchResult {
-    /// A new body with its metadata (`cached_at` is set by the cache).
+    /// A new body with its metadata (`cached_at` is set by the cache to
+    /// now, or kept when the fetcher set an earlier time: an answer that
+    /// was already that old when it arrived).
     Body {
         /// Metadata of the body; its `tag` is the origin's ETag.
         meta: Metadata,
@@ -31,6 +33,10 @@ pub enum FetchResult {
     },
     /// The copy the cache holds (whose metadata was passed in) is good.
     NotModified,
+    /// The copy the cache holds is good, with this metadata from now on
+    /// (an HTTP 304's fields merged into the stored ones); `cached_at` as
+    /// for [`FetchResult::Body`].
+    Revalidated(Metadata),
     /// The key does not exist; the cache remembers that (negative entry).
     NotFound,
 }

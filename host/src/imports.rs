@@ -260,6 +260,7 @@ impl origin::HostFetcherWithStore<HostState> for HostState {
         };
         Ok(Ok(match fetched {
             FetchResult::NotModified => origin::FetchResult::NotModified,
+            FetchResult::Revalidated(meta) => origin::FetchResult::Revalidated(meta.into()),
             FetchResult::NotFound => origin::FetchResult::NotFound,
             FetchResult::Body {
                 meta,
@@ -514,15 +515,14 @@ impl From<Error> for types::Error {
 
 impl From<types::Metadata> for Metadata {
     fn from(m: types::Metadata) -> Self {
-        use crate::meta::from_millis;
-        Metadata {
-            tag: m.tag,
-            cached_at: m.cached_at.map(from_millis),
-            negative: m.negative,
-            fresh_for: m.fresh_for.map(Duration::from_millis),
-            stale_for: m.stale_for.map(Duration::from_millis),
-            attributes: m.attributes,
-        }
+        Metadata::from_parts(
+            m.tag,
+            m.cached_at,
+            m.negative,
+            m.fresh_for,
+            m.stale_for,
+            m.attributes,
+        )
     }
 }
 

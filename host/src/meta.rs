@@ -42,3 +42,50 @@ pub(crate) fn from_millis(ms: u64) -> SystemTime {
 pub(crate) fn duration_millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
+
+impl Metadata {
+    /// Metadata from its parts in the engine's units (times in ms).
+    pub(crate) fn from_parts(
+        tag: String,
+        cached_at: Option<u64>,
+        negative: bool,
+        fresh_for: Option<u64>,
+        stale_for: Option<u64>,
+        attributes: Vec<(String, String)>,
+    ) -> Metadata {
+        Metadata {
+            tag,
+            cached_at: cached_at.map(from_millis),
+            negative,
+            fresh_for: fresh_for.map(Duration::from_millis),
+            stale_for: stale_for.map(Duration::from_millis),
+            attributes,
+        }
+    }
+}
+
+impl From<daramjwee_component::Metadata> for Metadata {
+    fn from(m: daramjwee_component::Metadata) -> Self {
+        Metadata::from_parts(
+            m.tag,
+            m.cached_at,
+            m.negative,
+            m.fresh_for,
+            m.stale_for,
+            m.attributes,
+        )
+    }
+}
+
+impl From<&Metadata> for daramjwee_component::Metadata {
+    fn from(m: &Metadata) -> Self {
+        daramjwee_component::Metadata {
+            tag: m.tag.clone(),
+            cached_at: m.cached_at.map(to_millis),
+            negative: m.negative,
+            fresh_for: m.fresh_for.map(duration_millis),
+            stale_for: m.stale_for.map(duration_millis),
+            attributes: m.attributes.clone(),
+        }
+    }
+}

@@ -87,7 +87,7 @@ async fn get(url: &str) -> (u16, String, Bytes) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_with_an_empty_memory_tier_serves_from_the_file_tier() {
     let origin = Origin::start().await;
-    origin.route("/kept", Route::ok("v1", "on disk"));
+    origin.route("/kept", Route::controlled("v1", "on disk", "max-age=3600"));
     let dir = tempfile::tempdir().unwrap();
     let proxy = Proxy::start(&origin, dir.path()).await;
     let (status, cache_status, body) = get(&proxy.url("/kept")).await;

@@ -38,6 +38,12 @@ pub enum Route {
     Endless { dropped: Arc<Notify> },
     /// 200 whose body is the request target as the origin saw it.
     Echo,
+    /// This status with these fields and body, whatever the request.
+    Fields {
+        status: u16,
+        fields: Vec<(String, String)>,
+        body: Bytes,
+    },
     /// 200 with this tag and body sent chunked: no `Content-Length`.
     Chunked { tag: String, body: Bytes },
     /// 200 with a body of `len` bytes made as it is sent, 64 KiB at a
@@ -85,6 +91,18 @@ impl Route {
         }
     }
 
+    /// `status` with `fields` and `body`, whatever the request.
+    pub fn fields(status: u16, fields: &[(&str, &str)], body: &[u8]) -> Route {
+        Route::Fields {
+            status,
+            fields: fields
+                .iter()
+                .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
+                .collect(),
+            body: Bytes::copy_from_slice(body),
+        }
+    }
+
     /// A 200 with a `Cache-Control` header.
     pub fn controlled(tag: &str, body: &str, cache_control: &str) -> Route {
         Route::Ok {
@@ -102,7 +120,18 @@ struct State {
     fallback: Mutex<Option<Route>>,
     hits: Mutex<HashMap<String, usize>>,
     conditional: Mutex<Vec<String>>,
+    /// Method, target, fields and body of every request, in order.
+    seen: Mutex<Vec<Seen>>,
     arrived: Notify,
+}
+
+/// A request as the origin received it.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub method: String,
+    pub target: String,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
 }
 
 /// The origin; it runs until the test's runtime ends.
@@ -166,6 +195,11 @@ impl Origin {
             .unwrap_or(0)
     }
 
+    /// Every request received, in order.
+    pub fn seen(&self) -> Vec<Seen> {
+        self.state.seen.lock().unwrap().clone()
+    }
+
     /// Requests seen in all.
     pub fn total_hits(&self) -> usize {
         self.state.hits.lock().unwrap().values().sum()
@@ -198,8 +232,21 @@ async fn answer(
         .entry(target.clone())
         .or_default() += 1;
     state.arrived.notify_one();
-    let inm = request
-        .headers()
+    let method = request.method().to_string();
+    let headers = request.headers().clone();
+    let body = request
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    state.seen.lock().unwrap().push(Seen {
+        method,
+        target: target.clone(),
+        headers: headers.clone(),
+        body,
+    });
+    let inm = headers
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
@@ -237,6 +284,21 @@ async fn answer(
                 Some((Ok::<_, std::io::Error>(Frame::data(chunk)), guard))
             });
             Response::new(BodyExt::boxed_unsync(StreamBody::new(chunks)))
+        }
+        Some(Route::Fields {
+            status: code,
+            fields,
+            body,
+        }) => {
+            let mut response = Response::new(full(body));
+            *response.status_mut() = StatusCode::from_u16(code).unwrap();
+            for (name, value) in fields {
+                response.headers_mut().append(
+                    http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                    value.parse().unwrap(),
+                );
+            }
+            response
         }
         Some(Route::Chunked { tag, body }) => {
             let chunks: Vec<_> = body

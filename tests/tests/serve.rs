@@ -21,8 +21,13 @@ async fn proxy(origin: &Origin, tweak: impl FnOnce(&mut ServeConfig)) -> Server 
         listen: "127.0.0.1:0".parse().unwrap(),
         origin: Some(origin.url()),
         tiers: vec!["mem".into()],
+        admin_listen: Some("127.0.0.1:0".parse().unwrap()),
         admin_token: Some(TOKEN.into()),
         metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
+        // The test origin's plain answers state no lifetime: most tests
+        // are about what happens once one is kept.
+        fresh_for: Duration::from_secs(60),
+        negative_fresh_for: Duration::from_secs(10),
         ..ServeConfig::default()
     };
     tweak(&mut config);
@@ -31,6 +36,13 @@ async fn proxy(origin: &Origin, tweak: impl FnOnce(&mut ServeConfig)) -> Server 
 
 fn url(server: &Server, target: &str) -> String {
     format!("http://{}{target}", server.local_addr())
+}
+
+fn admin_url(server: &Server, target: &str) -> String {
+    format!(
+        "http://{}{target}",
+        server.admin_addr().expect("an admin listener")
+    )
 }
 
 struct Got {
@@ -233,7 +245,7 @@ async fn put_and_delete_need_the_admin_token() {
     let client = reqwest::Client::new();
     let put = |auth: Option<&str>| {
         let mut request = client
-            .put(url(&server, "/w"))
+            .put(admin_url(&server, "/w"))
             .header("content-type", "application/x-written")
             .body("written");
         if let Some(auth) = auth {
@@ -262,7 +274,7 @@ async fn put_and_delete_need_the_admin_token() {
     assert_eq!(read.content_type.as_deref(), Some("application/x-written"));
     assert_eq!(origin.hits("/w"), 1, "served from the cache");
     let delete = |auth: Option<&str>| {
-        let mut request = client.delete(url(&server, "/w"));
+        let mut request = client.delete(admin_url(&server, "/w"));
         if let Some(auth) = auth {
             request = request.header("authorization", auth);
         }
@@ -285,27 +297,27 @@ async fn put_and_delete_need_the_admin_token() {
     let closed = proxy(&origin, |c| c.admin_token = None).await;
     let refused = send(
         client
-            .put(url(&closed, "/w"))
+            .put(admin_url(&closed, "/w"))
             .header("authorization", format!("Bearer {TOKEN}"))
             .body("x"),
     )
     .await;
     assert_eq!(refused.status, StatusCode::FORBIDDEN);
     assert_eq!(
-        send(client.delete(url(&closed, "/w"))).await.status,
+        send(client.delete(admin_url(&closed, "/w"))).await.status,
         StatusCode::FORBIDDEN
     );
     closed.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn origin_500_is_a_502_and_never_cached() {
+async fn origin_500_is_passed_as_it_came_and_never_cached() {
     let origin = Origin::start().await;
     origin.route("/e", Route::Status(500));
     let server = proxy(&origin, |_| {}).await;
     for _ in 0..2 {
         let got = get(&server, "/e").await;
-        assert_eq!(got.status, StatusCode::BAD_GATEWAY);
+        assert_eq!(got.status, StatusCode::INTERNAL_SERVER_ERROR);
         assert!(
             got.cache_status.contains("fwd-status=500"),
             "{}",
@@ -426,7 +438,10 @@ async fn stale_if_error_serves_the_expired_copy_when_the_origin_fails() {
     assert_eq!(origin.hits("/sie"), 2);
     // A key never fetched has nothing to fall back on.
     origin.route("/none", Route::Status(503));
-    assert_eq!(get(&server, "/none").await.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(
+        get(&server, "/none").await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
     server.shutdown().await;
 }
 
@@ -525,18 +540,19 @@ async fn concurrent_deletes_puts_and_gets_never_serve_a_mixed_body() {
     let server = Arc::new(proxy(&origin, |c| c.tiers = tiers).await);
     let client = reqwest::Client::new();
     let target = url(&server, "/contested");
+    let admin = admin_url(&server, "/contested");
     let written: Vec<Bytes> = (0..20u8)
         .map(|i| body(b'A' + i, 200 * 1024 + usize::from(i) * 7_001))
         .collect();
 
     let writer = {
-        let (client, target, written) = (client.clone(), target.clone(), written.clone());
+        let (client, admin, written) = (client.clone(), admin.clone(), written.clone());
         tokio::spawn(async move {
             for put in written {
                 let auth = format!("Bearer {TOKEN}");
-                let request = client.put(&target).header("authorization", &auth).body(put);
+                let request = client.put(&admin).header("authorization", &auth).body(put);
                 assert_eq!(send(request).await.status, StatusCode::NO_CONTENT);
-                let request = client.delete(&target).header("authorization", &auth);
+                let request = client.delete(&admin).header("authorization", &auth);
                 assert_eq!(send(request).await.status, StatusCode::NO_CONTENT);
             }
         })
@@ -593,6 +609,7 @@ async fn odd_keys_round_trip() {
         "/%00nul",
     ] {
         let request_url = reqwest::Url::parse(&url(&server, target)).unwrap();
+        let admin = reqwest::Url::parse(&admin_url(&server, target)).unwrap();
         let sent = match request_url.query() {
             Some(query) => format!("{}?{query}", request_url.path()),
             None => request_url.path().to_owned(),
@@ -610,13 +627,13 @@ async fn odd_keys_round_trip() {
         assert_eq!(origin.hits(&sent), 1, "{target}");
         // Written and deleted under the same key.
         let put = client
-            .put(request_url.clone())
+            .put(admin.clone())
             .header("authorization", format!("Bearer {TOKEN}"))
             .body("put");
         assert_eq!(send(put).await.status, StatusCode::NO_CONTENT, "{target}");
         assert_eq!(send(client.get(request_url.clone())).await.body, "put");
         let delete = client
-            .delete(request_url.clone())
+            .delete(admin)
             .header("authorization", format!("Bearer {TOKEN}"));
         assert_eq!(send(delete).await.status, StatusCode::NO_CONTENT);
         assert_eq!(send(client.get(request_url)).await.body, sent.as_bytes());
@@ -658,7 +675,8 @@ async fn metrics_count_hits_misses_and_errors() {
         .unwrap();
     for line in [
         "daramjwee_hits_total{tier=\"0\"} 1",
-        "daramjwee_misses_total 1",
+        // The 500 went to the origin too, and passed through.
+        "daramjwee_misses_total 2",
         "daramjwee_errors_total 1",
         "daramjwee_bytes_sent_total 16",
         "daramjwee_queue_depth ",
@@ -688,5 +706,405 @@ async fn demo_origin_answers_without_an_origin() {
     let second = get(&server, "/hello").await;
     assert_eq!(second.cache_status, "daramjwee; hit; detail=tier0");
     assert_eq!(first.body, second.body);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn by_default_nothing_is_reused_beyond_what_the_origin_allows() {
+    let origin = Origin::start().await;
+    // A validator but no lifetime: kept, revalidated before every reuse.
+    origin.route("/tagged", Route::ok("t1", "tagged"));
+    // Neither: not kept at all.
+    origin.route("/bare", Route::fields(200, &[], b"bare"));
+    // A lifetime: reused for it.
+    origin.route("/fresh", Route::controlled("f", "fresh", "max-age=60"));
+    let server = proxy(&origin, |c| {
+        *c = ServeConfig {
+            listen: c.listen,
+            origin: c.origin.clone(),
+            tiers: c.tiers.clone(),
+            ..ServeConfig::default()
+        }
+    })
+    .await;
+    assert_eq!(get(&server, "/tagged").await.body, "tagged");
+    let again = get(&server, "/tagged").await;
+    assert_eq!(again.body, "tagged");
+    assert!(
+        again.cache_status.contains("fwd=stale; fwd-status=304"),
+        "{}",
+        again.cache_status
+    );
+    assert_eq!(origin.hits("/tagged"), 2);
+    for _ in 0..2 {
+        let bare = get(&server, "/bare").await;
+        assert_eq!(bare.body, "bare");
+        assert!(
+            !bare.cache_status.contains("stored"),
+            "{}",
+            bare.cache_status
+        );
+    }
+    assert_eq!(origin.hits("/bare"), 2);
+    get(&server, "/fresh").await;
+    assert!(get(&server, "/fresh").await.cache_status.contains("hit"));
+    assert_eq!(origin.hits("/fresh"), 1);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_methods_pass_through_with_their_bodies_and_invalidate() {
+    let origin = Origin::start().await;
+    origin.route("/doc", Route::controlled("d1", "version 1", "max-age=600"));
+    let server = proxy(&origin, |_| {}).await;
+    let client = reqwest::Client::new();
+    assert_eq!(get(&server, "/doc").await.body, "version 1");
+    assert!(get(&server, "/doc").await.cache_status.contains("hit"));
+
+    origin.route(
+        "/doc",
+        Route::fields(
+            201,
+            &[("location", "/doc/7"), ("x-origin", "yes")],
+            b"created",
+        ),
+    );
+    let posted = send(client.post(url(&server, "/doc")).body("a posted body")).await;
+    assert_eq!(posted.status, StatusCode::CREATED);
+    assert_eq!(posted.body, "created");
+    let seen = origin.seen().pop().unwrap();
+    assert_eq!(
+        (seen.method.as_str(), &seen.body[..]),
+        ("POST", &b"a posted body"[..])
+    );
+    // The stored GET is gone: the next one reaches the origin.
+    origin.route("/doc", Route::controlled("d2", "version 2", "max-age=600"));
+    assert_eq!(get(&server, "/doc").await.body, "version 2");
+    for method in ["PUT", "DELETE", "PATCH", "OPTIONS"] {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let got = send(
+            client
+                .request(method.clone(), url(&server, "/doc"))
+                .body("x"),
+        )
+        .await;
+        assert_eq!(got.status, StatusCode::OK, "{method}");
+        assert_eq!(origin.seen().pop().unwrap().method, method.as_str());
+    }
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirects_and_statuses_pass_as_they_came() {
+    let origin = Origin::start().await;
+    origin.route("/target", Route::ok("t", "the target"));
+    origin.route(
+        "/moved",
+        Route::fields(301, &[("location", "/target")], b""),
+    );
+    origin.route(
+        "/teapot",
+        Route::fields(418, &[("x-brewed", "no")], b"short and stout"),
+    );
+    let server = proxy(&origin, |_| {}).await;
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let moved = client.get(url(&server, "/moved")).send().await.unwrap();
+    assert_eq!(moved.status(), StatusCode::MOVED_PERMANENTLY);
+    assert_eq!(moved.headers()["location"], "/target");
+    assert_eq!(origin.hits("/target"), 0, "the proxy did not follow it");
+    let teapot = client.get(url(&server, "/teapot")).send().await.unwrap();
+    assert_eq!(teapot.status().as_u16(), 418);
+    assert_eq!(teapot.headers()["x-brewed"], "no");
+    assert_eq!(teapot.text().await.unwrap(), "short and stout");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_the_origin_would_get_in_another_shape_is_refused() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let origin = Origin::start().await;
+    origin.fallback(Route::Echo);
+    let server = proxy(&origin, |_| {}).await;
+    for target in ["/sp/%2E%2E/%2E%2E/etc", "/a/../b", "/a/./b"] {
+        let mut stream = tokio::net::TcpStream::connect(server.local_addr())
+            .await
+            .unwrap();
+        let request = format!("GET {target} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 400"), "{target}: {answer}");
+    }
+    assert_eq!(origin.total_hits(), 0, "nothing reached the origin");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn response_fields_are_kept_but_a_cookie_goes_to_its_client_only() {
+    let origin = Origin::start().await;
+    origin.route(
+        "/page",
+        Route::fields(
+            200,
+            &[
+                ("cache-control", "max-age=600"),
+                ("etag", "\"p\""),
+                ("content-type", "text/html"),
+                ("content-encoding", "identity"),
+                ("link", "</style.css>; rel=preload"),
+                ("access-control-allow-origin", "*"),
+                ("last-modified", "Sun, 06 Nov 1994 08:49:37 GMT"),
+                ("set-cookie", "session=first-client"),
+                ("set-cookie", "theme=dark"),
+                ("connection", "x-hop"),
+                ("x-hop", "dropped"),
+            ],
+            b"<p>page</p>",
+        ),
+    );
+    let server = proxy(&origin, |_| {}).await;
+    let client = reqwest::Client::new();
+    let first = client
+        .get(url(&server, "/page"))
+        .header("connection", "x-secret")
+        .header("x-secret", "1")
+        .header("x-kept", "2")
+        .send()
+        .await
+        .unwrap();
+    let cookies: Vec<_> = first.headers().get_all("set-cookie").iter().collect();
+    assert_eq!(cookies, ["session=first-client", "theme=dark"]);
+    assert!(first.headers().get("x-hop").is_none());
+    let upstream = &origin.seen()[0].headers;
+    assert!(upstream.get("x-secret").is_none(), "hop-by-hop removed");
+    assert_eq!(upstream["x-kept"], "2");
+    assert_eq!(upstream["via"], "1.1 daramjwee");
+    assert_eq!(upstream["x-forwarded-for"], "127.0.0.1");
+    let second = client.get(url(&server, "/page")).send().await.unwrap();
+    let headers = second.headers();
+    assert!(headers["cache-status"].to_str().unwrap().contains("hit"));
+    for (name, value) in [
+        ("cache-control", "max-age=600"),
+        ("etag", "\"p\""),
+        ("content-type", "text/html"),
+        ("content-encoding", "identity"),
+        ("link", "</style.css>; rel=preload"),
+        ("access-control-allow-origin", "*"),
+        ("last-modified", "Sun, 06 Nov 1994 08:49:37 GMT"),
+    ] {
+        assert_eq!(headers[name], value, "{name}");
+    }
+    assert!(
+        headers.get("set-cookie").is_none(),
+        "another client's cookie"
+    );
+    assert!(headers.get("x-hop").is_none());
+    assert_eq!(origin.hits("/page"), 1);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_with_credentials_and_responses_that_vary_are_not_shared() {
+    let origin = Origin::start().await;
+    origin.route("/mine", Route::controlled("m", "mine", "max-age=600"));
+    origin.route(
+        "/varied",
+        Route::fields(
+            200,
+            &[
+                ("cache-control", "max-age=600"),
+                ("vary", "accept-language"),
+            ],
+            b"bonjour",
+        ),
+    );
+    let server = proxy(&origin, |_| {}).await;
+    let client = reqwest::Client::new();
+    for _ in 0..2 {
+        let got = send(
+            client
+                .get(url(&server, "/mine"))
+                .header("authorization", "Basic dTpw"),
+        )
+        .await;
+        assert_eq!(got.body, "mine");
+        assert!(!got.cache_status.contains("hit"), "{}", got.cache_status);
+        let varied = get(&server, "/varied").await;
+        assert!(
+            !varied.cache_status.contains("hit"),
+            "{}",
+            varied.cache_status
+        );
+    }
+    assert_eq!(origin.hits("/mine"), 2);
+    assert_eq!(origin.hits("/varied"), 2);
+    // A client without credentials does not get the credentialed answer.
+    assert!(
+        get(&server, "/mine")
+            .await
+            .cache_status
+            .contains("fwd=miss")
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_past_its_expires_or_aged_upstream_is_not_fresh() {
+    let origin = Origin::start().await;
+    origin.route(
+        "/expired",
+        Route::fields(
+            200,
+            &[
+                ("etag", "\"e\""),
+                ("expires", "Sun, 06 Nov 1994 08:49:37 GMT"),
+            ],
+            b"old news",
+        ),
+    );
+    origin.route(
+        "/aged",
+        Route::fields(
+            200,
+            &[
+                ("etag", "\"a\""),
+                ("cache-control", "max-age=60"),
+                ("age", "3600"),
+            ],
+            b"aged",
+        ),
+    );
+    let server = proxy(&origin, |_| {}).await;
+    for target in ["/expired", "/aged"] {
+        get(&server, target).await;
+        let again = get(&server, target).await;
+        assert!(
+            !again.cache_status.contains("hit"),
+            "{target}: {}",
+            again.cache_status
+        );
+        assert_eq!(origin.hits(target), 2, "{target}");
+    }
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_is_on_its_own_listener_and_put_on_the_proxy_goes_to_the_origin() {
+    let origin = Origin::start().await;
+    origin.route("/thing", Route::fields(204, &[], b""));
+    let server = proxy(&origin, |_| {}).await;
+    let client = reqwest::Client::new();
+    let auth = format!("Bearer {TOKEN}");
+    let put = client
+        .put(url(&server, "/thing"))
+        .header("authorization", &auth)
+        .body("for the origin");
+    assert_eq!(send(put).await.status, StatusCode::NO_CONTENT);
+    let seen = origin.seen().pop().unwrap();
+    assert_eq!(
+        (seen.method.as_str(), &seen.body[..]),
+        ("PUT", &b"for the origin"[..])
+    );
+    // The admin listener stores it, with the fields the request gave.
+    let put = client
+        .put(admin_url(&server, "/thing"))
+        .header("authorization", &auth)
+        .header("content-type", "text/x-admin")
+        .header("cache-control", "max-age=600")
+        .header("link", "</a>")
+        .body("from the admin");
+    assert_eq!(send(put).await.status, StatusCode::NO_CONTENT);
+    let got = client.get(url(&server, "/thing")).send().await.unwrap();
+    assert_eq!(got.headers()["content-type"], "text/x-admin");
+    assert_eq!(got.headers()["link"], "</a>");
+    assert!(got.headers().get("user-agent").is_none());
+    assert_eq!(got.text().await.unwrap(), "from the admin");
+    let seen_before = origin.seen().len();
+    // Anything else on the admin listener is refused.
+    let other = send(
+        client
+            .get(admin_url(&server, "/thing"))
+            .header("authorization", &auth),
+    )
+    .await;
+    assert_eq!(other.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(origin.seen().len(), seen_before);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_status_with_a_lifetime_is_stored_and_served_with_its_fields() {
+    let origin = Origin::start().await;
+    let answer = |status: u16, body: &[u8]| {
+        Route::fields(
+            status,
+            &[("cache-control", "max-age=600"), ("location", "/elsewhere")],
+            body,
+        )
+    };
+    origin.route("/moved", answer(301, b""));
+    origin.route("/missing", answer(404, b"no such page"));
+    origin.route("/broken", answer(503, b"down for a while"));
+    let server = proxy(&origin, |_| {}).await;
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    for (target, status, body) in [
+        ("/moved", 301, ""),
+        ("/missing", 404, "no such page"),
+        ("/broken", 503, "down for a while"),
+    ] {
+        for round in 0..2 {
+            let got = client.get(url(&server, target)).send().await.unwrap();
+            assert_eq!(got.status().as_u16(), status, "{target}");
+            assert_eq!(got.headers()["location"], "/elsewhere", "{target}");
+            let cache_status = got.headers()["cache-status"].to_str().unwrap().to_owned();
+            assert_eq!(
+                cache_status.contains("hit"),
+                round == 1,
+                "{target}: {cache_status}"
+            );
+            assert_eq!(got.text().await.unwrap(), body, "{target}");
+        }
+        assert_eq!(origin.hits(target), 1, "{target}");
+    }
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_304_updates_the_stored_fields_and_freshness() {
+    let origin = Origin::start().await;
+    origin.route("/doc", Route::controlled("v", "the body", "max-age=1"));
+    let server = proxy(&origin, |c| c.fresh_for = Duration::ZERO).await;
+    let client = reqwest::Client::new();
+    assert_eq!(get(&server, "/doc").await.body, "the body");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // The origin now says the same representation is good for an hour.
+    origin.route("/doc", Route::controlled("v", "the body", "max-age=3600"));
+    let revalidated = get(&server, "/doc").await;
+    assert_eq!(revalidated.body, "the body");
+    assert!(
+        revalidated.cache_status.contains("fwd-status=304"),
+        "{}",
+        revalidated.cache_status
+    );
+    let hit = client.get(url(&server, "/doc")).send().await.unwrap();
+    assert_eq!(hit.headers()["cache-control"], "max-age=3600");
+    assert!(
+        hit.headers()["cache-status"]
+            .to_str()
+            .unwrap()
+            .contains("hit")
+    );
+    assert_eq!(
+        hit.headers()["content-type"],
+        "text/x-test",
+        "kept from the 200"
+    );
+    assert_eq!(origin.hits("/doc"), 2);
     server.shutdown().await;
 }

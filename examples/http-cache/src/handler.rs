@@ -5,9 +5,8 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use daramjwee_component::http::{
-    CACHE_STATUS, CONTENT_TYPE_ATTR, Forward, Served, cache_status, failure_status,
-};
+use daramjwee_component::http::rfc9111::{self, Policy};
+use daramjwee_component::http::{CACHE_STATUS, Forward, Served, cache_status, failure_status};
 use daramjwee_component::{
     Body, Engine, Error, Freshness, Metadata, ResponseBody, Runtime, Source, Status, Tier, classify,
 };
@@ -77,6 +76,12 @@ impl<T: Tier<Body = EdgeBody>> EdgeCache<T> {
         let origin = HttpOrigin::new(
             Rc::clone(&self.origin),
             u64::try_from(self.settings.origin_timeout.as_millis()).unwrap_or(u64::MAX),
+            Policy {
+                // Responses that state no lifetime are fresh for
+                // `fresh_for`, as before the RFC's rules were shared.
+                default_ttl: self.settings.engine.fresh_for / 1000,
+                stale_while_revalidate: 0,
+            },
             Rc::clone(&forward),
         );
         let result = self.engine.get(&key, inm.as_deref(), origin).await;
@@ -111,14 +116,15 @@ impl<T: Tier<Body = EdgeBody>> EdgeCache<T> {
         if !response.meta.tag.is_empty() && !response.meta.negative {
             headers.push(("etag", response.meta.tag.clone()));
         }
-        if status == 200
-            && let Some((_, content_type)) = response
-                .meta
-                .attributes
-                .iter()
-                .find(|(k, _)| k == CONTENT_TYPE_ATTR)
-        {
-            headers.push(("content-type", content_type.clone()));
+        if status != 404 {
+            for (name, value) in rfc9111::stored_fields(&response.meta.attributes) {
+                // A 304 says what the representation would, not how its
+                // body is framed or encoded.
+                let framing = name.starts_with("content-") && status == 304;
+                if !framing && !matches!(name, "etag" | "age" | "cache-status" | "content-length") {
+                    headers.push((name, value.to_owned()));
+                }
+            }
         }
         let body = match response.body {
             None if status == 404 => Some(Piece::Text("not found\n".into())),

@@ -4,7 +4,8 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use daramjwee_component::http::{CONTENT_TYPE_ATTR, CacheControl, Forward};
+use daramjwee_component::http::Forward;
+use daramjwee_component::http::rfc9111::{self, Policy};
 use daramjwee_component::{Error, Fetched, Metadata, Origin, Result};
 use wasip3::http::client;
 use wasip3::http::types::{ErrorCode, Fields, Request, RequestOptions, Response, Trailers};
@@ -24,15 +25,24 @@ pub struct HttpOrigin {
     url: Rc<OriginUrl>,
     /// Connect and first-byte timeout, in ms.
     timeout_ms: u64,
+    /// The operator's choices the RFC leaves to the cache.
+    policy: Policy,
     forward: Rc<RefCell<Forward>>,
 }
 
 impl HttpOrigin {
-    /// A fetcher of `url` that records its trip in `forward`.
-    pub fn new(url: Rc<OriginUrl>, timeout_ms: u64, forward: Rc<RefCell<Forward>>) -> Self {
+    /// A fetcher of `url` under `policy` that records its trip in
+    /// `forward`.
+    pub fn new(
+        url: Rc<OriginUrl>,
+        timeout_ms: u64,
+        policy: Policy,
+        forward: Rc<RefCell<Forward>>,
+    ) -> Self {
         HttpOrigin {
             url,
             timeout_ms,
+            policy,
             forward,
         }
     }
@@ -82,6 +92,7 @@ impl Origin for HttpOrigin {
     async fn fetch(&self, key: &str, held: Option<&Metadata>) -> Result<Fetched<EdgeBody>> {
         self.forward.borrow_mut().fetched = true;
         let held = held.filter(|m| !m.negative && !m.tag.is_empty());
+        let request_time = (now_ms() / 1000) as i64;
         let (response, sent) = self.send(key, held.map(|m| m.tag.as_str())).await?;
         let status = response.get_status_code();
         self.forward.borrow_mut().status = Some(status);
@@ -90,6 +101,26 @@ impl Origin for HttpOrigin {
             404 | 410 => Ok(Fetched::NotFound),
             200 => {
                 let headers = response.get_headers();
+                let fields: Vec<(String, String)> = headers
+                    .copy_all()
+                    .into_iter()
+                    .filter_map(|(name, value)| String::from_utf8(value).ok().map(|v| (name, v)))
+                    .collect();
+                let now_ms = now_ms();
+                let decision = rfc9111::decide(
+                    &rfc9111::Exchange {
+                        method: "GET",
+                        request: &[],
+                        status,
+                        response: &fields,
+                        request_time,
+                        response_time: (now_ms / 1000) as i64,
+                    },
+                    &self.policy,
+                );
+                let meta = rfc9111::entry_meta(&fields, &decision, now_ms);
+                let no_store = decision.store.is_err();
+                self.forward.borrow_mut().no_store = no_store;
                 let text = |name: &str| -> Vec<String> {
                     headers
                         .get(name)
@@ -97,19 +128,6 @@ impl Origin for HttpOrigin {
                         .filter_map(|v| String::from_utf8(v).ok())
                         .collect()
                 };
-                let control = CacheControl::parse(text("cache-control").iter().map(String::as_str));
-                let mut meta = Metadata {
-                    tag: text("etag").into_iter().next().unwrap_or_default(),
-                    ..Metadata::default()
-                };
-                if let Some(content_type) = text("content-type").into_iter().next() {
-                    meta.attributes
-                        .push((CONTENT_TYPE_ATTR.into(), content_type));
-                }
-                let (fresh, stale) = control.windows();
-                meta.fresh_for = fresh.map(|s| s.saturating_mul(1000));
-                meta.stale_for = stale.map(|s| s.saturating_mul(1000));
-                self.forward.borrow_mut().no_store = control.no_store;
                 let expected = text("content-length")
                     .into_iter()
                     .next()
@@ -127,7 +145,7 @@ impl Origin for HttpOrigin {
                         expected,
                         read: 0,
                     },
-                    no_store: control.no_store,
+                    no_store,
                     size: expected,
                 })
             }
@@ -137,4 +155,11 @@ impl Origin for HttpOrigin {
             ))),
         }
     }
+}
+
+/// Milliseconds since the Unix epoch, by the host's wall clock.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }

@@ -3,16 +3,16 @@
 //! [`Request`] or a [`Head`], asks these functions, and carries out the
 //! answer.
 //!
-//! The HTTP rules themselves are the engine's: `Cache-Control` windows and
-//! `Cache-Status` values from `daramjwee_component::http`, freshness from
-//! `classify`, validators from `if_none_match`.
+//! The HTTP rules themselves are the engine's: what may be stored and for
+//! how long from `daramjwee_component::http::rfc9111`, `Cache-Status`
+//! values from `daramjwee_component::http`, freshness from `classify`,
+//! validators from `if_none_match`.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
-use daramjwee_component::http::{
-    CONTENT_TYPE_ATTR, CacheControl, Forward, Served, cache_status, failure_status,
-};
+use daramjwee_component::http::rfc9111::{self, Decision, Directives, Exchange, Policy};
+use daramjwee_component::http::{Forward, Served, cache_status, failure_status};
 use daramjwee_component::{Freshness, Metadata, classify, if_none_match};
 
 use crate::{Entry, Settings};
@@ -20,6 +20,9 @@ use crate::{Entry, Settings};
 /// Attribute under which an entry keeps its origin's `Cache-Control`, so
 /// hits carry the origin's policy to the client.
 pub const CACHE_CONTROL_ATTR: &str = "cache-control";
+
+/// Attribute under which an entry keeps its origin's `Content-Type`.
+pub const CONTENT_TYPE_ATTR: &str = "content-type";
 
 /// Queued plus in-flight background refreshes one plugin instance keeps at
 /// most; past it a stale hit is still served, its refresh is skipped and
@@ -226,6 +229,9 @@ pub struct Head {
     /// A header the entry would keep is not UTF-8; such a response is not
     /// stored rather than stored altered.
     pub unreadable: bool,
+    /// Every field but the pseudo-headers whose value is UTF-8, as the
+    /// shared rules read them.
+    pub fields: Vec<(String, String)>,
 }
 
 impl Head {
@@ -237,6 +243,11 @@ impl Head {
             let name = name.to_ascii_lowercase();
             let text = std::str::from_utf8(value).ok().map(str::trim);
             let number = || text.and_then(|t| t.parse::<u64>().ok());
+            if !name.starts_with(':')
+                && let Some(text) = text
+            {
+                head.fields.push((name.clone(), text.to_owned()));
+            }
             match name.as_str() {
                 ":status" => head.status = number().and_then(|n| u16::try_from(n).ok()),
                 "content-length" => head.content_length = number(),
@@ -263,8 +274,23 @@ impl Head {
         head
     }
 
-    fn control(&self) -> CacheControl {
-        CacheControl::parse(self.cache_control.as_deref())
+    /// What the shared rules decide of this response at `now` (ms).
+    fn decision(&self, now: u64, settings: &Settings) -> Decision {
+        let secs = (now / 1000) as i64;
+        rfc9111::decide(
+            &Exchange {
+                method: "GET",
+                request: &[],
+                status: self.status.unwrap_or(0),
+                response: &self.fields,
+                request_time: secs,
+                response_time: secs,
+            },
+            &Policy {
+                default_ttl: settings.fresh_for / 1000,
+                stale_while_revalidate: settings.stale_while_revalidate / 1000,
+            },
+        )
     }
 }
 
@@ -286,7 +312,8 @@ pub fn storable(head: &Head, settings: &Settings) -> Option<Kind> {
         404 | 410 => Kind::Negative,
         _ => return None,
     };
-    if head.control().no_store || head.vary || head.set_cookie || head.unreadable {
+    let control = Directives::of_response(&head.fields);
+    if control.no_store || control.private || head.vary || head.set_cookie || head.unreadable {
         return None;
     }
     if kind == Kind::Positive && head.content_length.is_some_and(|n| n > settings.max_body) {
@@ -297,10 +324,11 @@ pub fn storable(head: &Head, settings: &Settings) -> Option<Kind> {
 
 /// The entry a response of `kind` with `head` and `body` becomes at `now`.
 pub fn entry_for(kind: Kind, head: &Head, body: &[u8], now: u64, settings: &Settings) -> Entry {
-    let ms = |s: u64| s.saturating_mul(1000);
-    // An upstream cache's `Age` says how old the answer already is.
-    let cached_at = now.saturating_sub(head.age.map_or(0, ms));
-    let (fresh, stale) = head.control().windows();
+    let decision = head.decision(now, settings);
+    // Windows and age (an upstream cache's `Age` says how old the answer
+    // already is) as the shared rules count them.
+    let windows = rfc9111::entry_meta(&[], &decision, now);
+    let cached_at = windows.cached_at.unwrap_or(now);
     let mut meta = match kind {
         Kind::Negative => Metadata::negative_at(cached_at),
         Kind::Positive => {
@@ -308,7 +336,7 @@ pub fn entry_for(kind: Kind, head: &Head, body: &[u8], now: u64, settings: &Sett
                 tag: head.etag.clone().unwrap_or_default(),
                 cached_at: Some(cached_at),
                 // Always bounded, so `classify` ends the stale window.
-                stale_for: Some(stale.map_or(settings.stale_while_revalidate, ms)),
+                stale_for: windows.stale_for,
                 ..Metadata::default()
             };
             if let Some(ct) = &head.content_type {
@@ -322,7 +350,12 @@ pub fn entry_for(kind: Kind, head: &Head, body: &[u8], now: u64, settings: &Sett
             meta
         }
     };
-    meta.fresh_for = fresh.map(ms);
+    // A negative entry keeps the filter's window unless the origin gave
+    // its 404 a lifetime of its own.
+    let explicit = Directives::of_response(&head.fields);
+    if kind == Kind::Positive || explicit.max_age.is_some() || explicit.s_maxage.is_some() {
+        meta.fresh_for = windows.fresh_for;
+    }
     let body = match kind {
         Kind::Positive => Arc::from(body),
         Kind::Negative => Arc::from(&[][..]),

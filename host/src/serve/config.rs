@@ -21,15 +21,24 @@ pub struct ServeConfig {
     pub origin: Option<String>,
     /// Tier specs, tier 0 first.
     pub tiers: Vec<String>,
-    /// Freshness of positive entries whose origin sent no `max-age`.
+    /// Lifetime of responses that state none and get no heuristic one
+    /// (nginx `proxy_cache_valid`). Zero: they are not reused without
+    /// revalidation.
     pub fresh_for: Duration,
     /// Freshness of negative (404/410) entries.
     pub negative_fresh_for: Duration,
     /// How far past its freshness an entry may be served when the origin
     /// fails. Zero turns it off.
     pub stale_if_error: Duration,
-    /// Bearer token that allows `PUT` and `DELETE`; without one they are
-    /// refused.
+    /// How far past its freshness a response without its own
+    /// `stale-while-revalidate` may be served while it is revalidated in
+    /// the background. Zero turns it off.
+    pub stale_while_revalidate: Duration,
+    /// Address of the admin API (`PUT` and `DELETE` of entries); none by
+    /// default.
+    pub admin_listen: Option<SocketAddr>,
+    /// Bearer token that allows the admin API; without one it refuses
+    /// every write.
     pub admin_token: Option<String>,
     /// Address of the Prometheus `/metrics` and `/healthz` listener.
     pub metrics_listen: Option<SocketAddr>,
@@ -43,9 +52,11 @@ impl Default for ServeConfig {
             listen: DEFAULT_LISTEN.parse().expect("a valid address"),
             origin: None,
             tiers: default_tiers(),
-            fresh_for: Duration::from_secs(60),
-            negative_fresh_for: Duration::from_secs(10),
+            fresh_for: Duration::ZERO,
+            negative_fresh_for: Duration::ZERO,
             stale_if_error: Duration::ZERO,
+            stale_while_revalidate: Duration::ZERO,
+            admin_listen: None,
             admin_token: None,
             metrics_listen: None,
             origin_timeout: Duration::from_secs(10),
@@ -70,6 +81,8 @@ pub fn default_tiers() -> Vec<String> {
 /// fresh-for = "5m"
 /// negative-fresh-for = "30s"
 /// stale-if-error = "1h"
+/// stale-while-revalidate = "30s"
+/// admin-listen = "127.0.0.1:8081"
 /// admin-token = "secret"
 /// metrics-listen = "127.0.0.1:9090"
 /// origin-timeout = "10s"
@@ -83,6 +96,8 @@ struct FileConfig {
     fresh_for: Option<String>,
     negative_fresh_for: Option<String>,
     stale_if_error: Option<String>,
+    stale_while_revalidate: Option<String>,
+    admin_listen: Option<String>,
     admin_token: Option<String>,
     metrics_listen: Option<String>,
     origin_timeout: Option<String>,
@@ -111,11 +126,13 @@ pub struct ServeArgs {
     /// `file:./daramjwee-cache:1GiB:s3fifo`.
     #[arg(long = "tier", value_name = "SPEC")]
     pub tiers: Vec<String>,
-    /// Freshness of entries whose origin sent no max-age, e.g. `30s`,
-    /// `5m`. Default: 60s.
+    /// Lifetime of responses that state none (no Cache-Control max-age or
+    /// s-maxage, no Expires, no Last-Modified for a heuristic one), like
+    /// nginx `proxy_cache_valid`, e.g. `30s`, `5m`. Default: 0 (such a
+    /// response is revalidated before every reuse, as RFC 9111 asks).
     #[arg(long, value_name = "DUR")]
     pub fresh_for: Option<String>,
-    /// Freshness of cached 404/410 answers. Default: 10s.
+    /// Freshness of cached 404/410 answers. Default: 0 (not reused).
     #[arg(long, value_name = "DUR")]
     pub negative_fresh_for: Option<String>,
     /// When the origin fails (5xx, reset, timeout), serve an expired copy
@@ -123,7 +140,19 @@ pub struct ServeArgs {
     /// (off).
     #[arg(long, value_name = "DUR")]
     pub stale_if_error: Option<String>,
-    /// Bearer token that allows PUT and DELETE. Without it they answer 403.
+    /// Serve a response this far past its freshness while it is
+    /// revalidated in the background, when the origin did not say (its own
+    /// stale-while-revalidate wins; must-revalidate, no-cache and s-maxage
+    /// forbid it), like nginx `proxy_cache_use_stale updating`. Default: 0
+    /// (off).
+    #[arg(long, value_name = "DUR")]
+    pub stale_while_revalidate: Option<String>,
+    /// Address of the admin API: PUT and DELETE of entries. Default: none
+    /// (off).
+    #[arg(long, value_name = "ADDR")]
+    pub admin_listen: Option<String>,
+    /// Bearer token the admin API requires. Without it the API answers
+    /// 403 to every request.
     #[arg(long, value_name = "TOKEN")]
     pub admin_token: Option<String>,
     /// Address for Prometheus `/metrics` and `/healthz`. Default: none.
@@ -135,15 +164,24 @@ pub struct ServeArgs {
 }
 
 const SERVE_HELP: &str = "\
-Requests:
+Requests on --listen:
   GET/HEAD /path?query   served from the cache, or fetched from ORIGIN/path?query
-  PUT /path              store the request body (Authorization: Bearer TOKEN)
-  DELETE /path           remove from every tier (Authorization: Bearer TOKEN)
+  any other method       passed to the origin as it came, body streamed; a
+                         success invalidates the stored GET of the same target
+Requests on --admin-listen (Authorization: Bearer TOKEN):
+  PUT /path?query        store the request body, with its Content-Type, ETag,
+                         Cache-Control, Expires ... as the stored response fields
+  DELETE /path?query     remove from every tier
 
-The origin's ETag, Content-Type and Cache-Control (no-store, private, max-age,
-s-maxage, stale-while-revalidate) are honoured; 404 and 410 are cached for
---negative-fresh-for; 5xx, resets and timeouts answer 502 and are never cached.
-Every response carries Cache-Status (RFC 9211) and Age.
+Responses are stored and reused as RFC 9111 allows a shared cache:
+CDN-Cache-Control, then Cache-Control (s-maxage, max-age, no-store, private,
+no-cache, must-revalidate, stale-while-revalidate), Expires against Date, Age,
+and a heuristic lifetime from Last-Modified; their end-to-end fields are kept
+(not Set-Cookie). Without any of these a response is not reused unless
+--fresh-for says so. Responses with Vary, other statuses than 200, 404 and 410,
+and requests with Authorization pass through unstored. 5xx, resets and timeouts
+of a fetch the cache needs answer 502. Every response carries Cache-Status (RFC
+9211) and Age.
 
 Durations: 150ms, 30s, 5m, 1h, 2days ... Sizes: 512KiB, 256MiB, 10GiB, 1GB ...
 Policies: lru, s3fifo, sieve.";
@@ -188,6 +226,12 @@ impl ServeArgs {
         }
         if let Some(d) = pick(self.stale_if_error, file.stale_if_error) {
             config.stale_if_error = duration("stale-if-error", &d)?;
+        }
+        if let Some(d) = pick(self.stale_while_revalidate, file.stale_while_revalidate) {
+            config.stale_while_revalidate = duration("stale-while-revalidate", &d)?;
+        }
+        if let Some(addr) = pick(self.admin_listen, file.admin_listen) {
+            config.admin_listen = Some(address("admin-listen", &addr)?);
         }
         if let Some(d) = pick(self.origin_timeout, file.origin_timeout) {
             config.origin_timeout = duration("origin-timeout", &d)?;

@@ -39,10 +39,10 @@ use tokio::task::JoinHandle;
 
 pub use config::{DEFAULT_LISTEN, ServeArgs, ServeConfig, default_tiers, parse_duration};
 pub use metrics::Metrics;
-pub use proxy::CacheControl;
 
 use crate::tier::Tier;
 use crate::{Cache, Error, ObjectStoreTier, Result};
+use daramjwee_component::http::rfc9111::Policy;
 
 /// How long shutdown waits for responses in flight.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -52,6 +52,7 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct Server {
     addr: SocketAddr,
     metrics_addr: Option<SocketAddr>,
+    admin_addr: Option<SocketAddr>,
     origin: String,
     cache: Cache,
     stop: watch::Sender<bool>,
@@ -89,6 +90,8 @@ impl Server {
         }
         let cache = builder.build().await?;
         let client = reqwest::Client::builder()
+            // Redirects are passed to the client, never followed.
+            .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(config.origin_timeout)
             .read_timeout(config.origin_timeout)
             .build()
@@ -101,7 +104,11 @@ impl Server {
             origin_timeout: config.origin_timeout,
             admin_token: config.admin_token.as_deref().map(proxy::token_digest),
             metrics: Arc::clone(&metrics),
-            fresh_for: config.fresh_for,
+            window_ms: u64::try_from(config.fresh_for.as_millis()).unwrap_or(u64::MAX),
+            policy: Policy {
+                default_ttl: config.fresh_for.as_secs(),
+                stale_while_revalidate: config.stale_while_revalidate.as_secs(),
+            },
         });
         let listener = bind("listen", config.listen).await?;
         let addr = listener.local_addr().map_err(io_error)?;
@@ -128,6 +135,22 @@ impl Server {
             }
             None => None,
         };
+        let admin_addr = match config.admin_listen {
+            Some(admin_listen) => {
+                let listener = bind("admin-listen", admin_listen).await?;
+                let admin_addr = listener.local_addr().map_err(io_error)?;
+                let state = Arc::clone(&state);
+                tasks.push(spawn_server(
+                    listener,
+                    stopped.clone(),
+                    move |request| proxy::handle_admin(Arc::clone(&state), request),
+                    Vec::new(),
+                ));
+                tracing::info!("admin API on http://{admin_addr}");
+                Some(admin_addr)
+            }
+            None => None,
+        };
         // Thread per core: connections are dealt round-robin to the shard
         // threads, which serve them on their own runtimes, so a request for
         // one of the thread's keys, and any fresh hit, never leaves it.
@@ -141,6 +164,7 @@ impl Server {
         Ok(Server {
             addr,
             metrics_addr,
+            admin_addr,
             origin,
             cache,
             stop,
@@ -156,6 +180,11 @@ impl Server {
     /// The address of `/metrics` and `/healthz`, when enabled.
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
         self.metrics_addr
+    }
+
+    /// The address of the admin API, when enabled.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
     }
 
     /// The origin's base URL (the demo origin's when none was given).
@@ -262,15 +291,15 @@ where
         loop {
             tokio::select! {
                 accepted = listener.accept() => {
-                    let stream = match accepted {
-                        Ok((stream, _)) => {
+                    let (stream, peer) = match accepted {
+                        Ok((stream, peer)) => {
                             // A response can leave in several writes:
                             // with Nagle on, the second waits for the
                             // client's delayed ACK (tens of ms per request).
                             if let Err(e) = stream.set_nodelay(true) {
                                 tracing::debug!("TCP_NODELAY: {e}");
                             }
-                            stream
+                            (stream, peer)
                         }
                         Err(e) => {
                             tracing::warn!("accept failed: {e}");
@@ -282,8 +311,12 @@ where
                     let watcher = graceful.watcher();
                     let http = http.clone();
                     let serve = move |stream: tokio::net::TcpStream| async move {
-                        let connection =
-                            http.serve_connection(TokioIo::new(stream), service_fn(handler));
+                        // Each request knows its client (for X-Forwarded-For).
+                        let service = service_fn(move |mut request: Request<Incoming>| {
+                            request.extensions_mut().insert(proxy::Peer(peer));
+                            handler(request)
+                        });
+                        let connection = http.serve_connection(TokioIo::new(stream), service);
                         if let Err(e) = watcher.watch(connection).await {
                             tracing::debug!("connection ended: {e}");
                         }

@@ -1,13 +1,17 @@
-//! The HTTP face of the cache: requests in, the origin behind, RFC 9111
-//! caching rules where they apply and an RFC 9211 `Cache-Status` out.
+//! The HTTP face of the cache: requests in, the origin behind, the shared
+//! cache's rules of RFC 9111 (`daramjwee_component::http::rfc9111`, the
+//! one copy every home calls) where they apply and an RFC 9211
+//! `Cache-Status` out. What the cache does not keep passes through as it
+//! came.
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use futures::TryStreamExt;
-use http::header::{self, HeaderValue};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Empty, Full, StreamBody};
@@ -17,11 +21,11 @@ use subtle::ConstantTimeEq;
 
 use super::metrics::Metrics;
 use crate::{Cache, Error, FetchResult, Fetcher, GetResponse, Metadata, Result, Source, Status};
-pub use daramjwee_component::http::CacheControl;
+use daramjwee_component::http::rfc9111::{self, Decision, Exchange, Policy};
 use daramjwee_component::http::{
-    CACHE_STATUS, CONTENT_TYPE_ATTR, Forward as Outcome, Served, cache_status as status_line,
-    failure_status,
+    CACHE_STATUS, Forward as Outcome, Served, cache_status as status_line, failure_status,
 };
+use daramjwee_component::{Freshness, classify};
 
 /// Body of every response the proxy sends.
 pub type ProxyBody = UnsyncBoxBody<Bytes, std::io::Error>;
@@ -30,9 +34,18 @@ pub type ProxyBody = UnsyncBoxBody<Bytes, std::io::Error>;
 /// response starts.
 const WHOLE_BODY: u64 = 64 * 1024;
 
+/// What the proxy adds to `Via` (RFC 9110 §7.6.3).
+const VIA: &str = "1.1 daramjwee";
+
+/// The address of the client of a request, put in its extensions by the
+/// listener.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Peer(pub SocketAddr);
+
 /// Shared by every request.
 pub(crate) struct State {
     pub cache: Cache,
+    /// Never follows redirects: they are the client's to follow.
     pub client: reqwest::Client,
     /// Origin base URL without a trailing slash.
     pub origin: String,
@@ -41,17 +54,107 @@ pub(crate) struct State {
     /// whatever the length of the guess.
     pub admin_token: Option<[u8; 32]>,
     pub metrics: Arc<Metrics>,
-    /// Freshness of entries without their own window.
-    pub fresh_for: Duration,
+    /// The cache's window for entries without one of their own, in ms.
+    pub window_ms: u64,
+    /// The operator's choices the RFC leaves to the cache.
+    pub policy: Policy,
 }
 
-/// The origin as seen by the cache: `GET ORIGIN + key`, conditional on the
-/// tag we hold.
+/// A header map's fields as text, for the rules (values that are not
+/// UTF-8 are left out of the reading, never altered on the wire).
+fn text_fields(headers: &HeaderMap) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .filter_map(|(name, value)| {
+            value
+                .to_str()
+                .ok()
+                .map(|v| (name.as_str().to_owned(), v.to_owned()))
+        })
+        .collect()
+}
+
+/// `headers` less the hop-by-hop fields (those `Connection` names too).
+fn end_to_end(headers: &HeaderMap) -> HeaderMap {
+    let fields = text_fields(headers);
+    let mut out = HeaderMap::with_capacity(headers.len());
+    for (name, value) in headers {
+        if !rfc9111::hop_by_hop(&fields, name.as_str()) {
+            out.append(name.clone(), value.clone());
+        }
+    }
+    out
+}
+
+/// The fields a request takes to the origin: its end-to-end fields (but
+/// `Host`, which the origin's URL sets), `Via`, `X-Forwarded-For` and
+/// `X-Forwarded-Proto`.
+fn upstream_fields(request: &HeaderMap, peer: Option<Peer>) -> HeaderMap {
+    let mut headers = end_to_end(request);
+    headers.remove(header::HOST);
+    let via = match headers.get(header::VIA).and_then(|v| v.to_str().ok()) {
+        Some(earlier) => format!("{earlier}, {VIA}"),
+        None => VIA.to_owned(),
+    };
+    if let Ok(via) = HeaderValue::from_str(&via) {
+        headers.insert(header::VIA, via);
+    }
+    if let Some(Peer(addr)) = peer {
+        let forwarded = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+            Some(earlier) => format!("{earlier}, {}", addr.ip()),
+            None => addr.ip().to_string(),
+        };
+        if let Ok(value) = HeaderValue::from_str(&forwarded) {
+            headers.insert("x-forwarded-for", value);
+        }
+    }
+    headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    headers
+}
+
+/// The origin URL of request target `key`, or why it cannot be fetched
+/// as it came (a URL parser would rewrite it: dot segments, backslashes
+/// and the like), so that what is keyed is what is fetched.
+fn origin_url(origin: &str, key: &str) -> std::result::Result<reqwest::Url, String> {
+    let text = format!("{origin}{key}");
+    let url = reqwest::Url::parse(&text).map_err(|e| format!("{key}: {e}"))?;
+    let fetched = &url[url::Position::BeforePath..];
+    let base = reqwest::Url::parse(origin).map_err(|e| format!("{origin}: {e}"))?;
+    let prefix = base.path().trim_end_matches('/');
+    if fetched.strip_prefix(prefix) != Some(key) {
+        return Err(format!(
+            "the target {key:?} cannot be sent to the origin as it came"
+        ));
+    }
+    Ok(url)
+}
+
+/// Seconds since the epoch.
+fn now_secs() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// The origin as seen by the cache: `GET ORIGIN + key` with the client's
+/// fields, conditional on the validators we hold.
 struct HttpOrigin {
     client: reqwest::Client,
-    origin: String,
+    url: reqwest::Url,
     timeout: Duration,
+    /// The client's request fields, as text, for the rules.
+    request: Vec<(String, String)>,
+    /// What goes to the origin.
+    upstream: HeaderMap,
+    policy: Policy,
     outcome: Arc<Mutex<Outcome>>,
+    /// An answer the cache does not keep (another status), handed back to
+    /// the request to pass on as it came.
+    passed: Arc<Mutex<Option<reqwest::Response>>>,
+    /// Fields of the answer that go to this request's client only
+    /// (`Set-Cookie`, those `private="..."` names): not stored, so not in
+    /// the entry the response is built from.
+    personal: Arc<Mutex<HeaderMap>>,
 }
 
 impl HttpOrigin {
@@ -62,15 +165,45 @@ impl HttpOrigin {
     }
 }
 
+/// The message of the error that tells the request its answer passed
+/// through (it is in `passed`).
+const PASSED: &str = "the origin's answer passes through";
+
 impl Fetcher for HttpOrigin {
-    async fn fetch(&self, key: &str, held: Option<&Metadata>) -> Result<FetchResult> {
+    async fn fetch(&self, _key: &str, held: Option<&Metadata>) -> Result<FetchResult> {
         self.record(|o| o.fetched = true);
-        let url = format!("{}{key}", self.origin);
-        let mut request = self.client.get(&url);
-        let held = held.filter(|m| !m.negative && !m.tag.is_empty());
-        if let Some(held) = held {
-            request = request.header(header::IF_NONE_MATCH, &held.tag);
+        let url = self.url.clone();
+        let mut headers = self.upstream.clone();
+        // A fill wants the whole representation: the client's own
+        // conditions and ranges are answered by the cache.
+        for name in [
+            header::IF_NONE_MATCH,
+            header::IF_MODIFIED_SINCE,
+            header::IF_MATCH,
+            header::IF_UNMODIFIED_SINCE,
+            header::IF_RANGE,
+            header::RANGE,
+        ] {
+            headers.remove(name);
         }
+        let held = held.filter(|m| !m.negative);
+        if let Some(held) = held {
+            if !held.tag.is_empty()
+                && let Ok(tag) = HeaderValue::from_str(&held.tag)
+            {
+                headers.insert(header::IF_NONE_MATCH, tag);
+            }
+            if let Some((_, modified)) =
+                rfc9111::stored_fields(&held.attributes).find(|(n, _)| *n == "last-modified")
+                && let Ok(modified) = HeaderValue::from_str(modified)
+            {
+                headers.insert(header::IF_MODIFIED_SINCE, modified);
+            }
+        }
+        let conditional = headers.contains_key(header::IF_NONE_MATCH)
+            || headers.contains_key(header::IF_MODIFIED_SINCE);
+        let request_time = now_secs();
+        let request = self.client.get(url.clone()).headers(headers);
         let response = match tokio::time::timeout(self.timeout, request.send()).await {
             Err(_) => {
                 return Err(Error::Origin(format!(
@@ -83,51 +216,99 @@ impl Fetcher for HttpOrigin {
         };
         let status = response.status();
         self.record(|o| o.status = Some(status.as_u16()));
-        match status {
-            StatusCode::NOT_MODIFIED if held.is_some() => Ok(FetchResult::NotModified),
-            StatusCode::NOT_FOUND | StatusCode::GONE => Ok(FetchResult::NotFound),
-            StatusCode::OK => {
-                let headers = response.headers();
-                let text = |name| {
-                    headers
-                        .get(name)
-                        .and_then(|v: &HeaderValue| v.to_str().ok())
-                };
-                let control = CacheControl::parse(
-                    headers
-                        .get_all(header::CACHE_CONTROL)
-                        .iter()
-                        .filter_map(|v| v.to_str().ok()),
-                );
-                let mut meta = Metadata::tagged(text(header::ETAG).unwrap_or_default());
-                if let Some(content_type) = text(header::CONTENT_TYPE) {
-                    meta.attributes
-                        .push((CONTENT_TYPE_ATTR.into(), content_type.into()));
+        let fields = text_fields(response.headers());
+        if status == StatusCode::NOT_MODIFIED
+            && conditional
+            && let Some(held) = held
+        {
+            // The 304's fields update the stored ones, and the freshness
+            // they give counts from now.
+            let held: daramjwee_component::Metadata = held.into();
+            let merged = rfc9111::merged_fields(&held, &fields);
+            let stored_status = rfc9111::stored_status(&held.attributes);
+            let decision = rfc9111::decide(
+                &Exchange {
+                    method: "GET",
+                    request: &self.request,
+                    status: stored_status,
+                    response: &merged,
+                    request_time,
+                    response_time: now_secs(),
+                },
+                &self.policy,
+            );
+            return Ok(FetchResult::Revalidated(meta_of(
+                stored_status,
+                &merged,
+                &decision,
+            )));
+        }
+        let decision = rfc9111::decide(
+            &Exchange {
+                method: "GET",
+                request: &self.request,
+                status: status.as_u16(),
+                response: &fields,
+                request_time,
+                response_time: now_secs(),
+            },
+            &self.policy,
+        );
+        let stored = decision.store.is_ok();
+        let control = rfc9111::Directives::of_response(&fields);
+        if let Ok(mut personal) = self.personal.lock() {
+            for (name, value) in response.headers() {
+                let name_text = name.as_str();
+                if matches!(name_text, "set-cookie" | "set-cookie2")
+                    || control.private_fields.iter().any(|f| f == name_text)
+                    || control.no_cache_fields.iter().any(|f| f == name_text)
+                {
+                    personal.append(name.clone(), value.clone());
                 }
-                let (fresh, stale) = control.windows();
-                meta.fresh_for = fresh.map(Duration::from_secs);
-                meta.stale_for = stale.map(Duration::from_secs);
-                self.record(|o| o.no_store = control.no_store);
-                // The length of the bytes the body stream yields, when the
-                // origin states it: the body goes to the first tier that
-                // keeps entries that large.
-                let size = response.content_length();
-                let body = response
-                    .bytes_stream()
-                    .map_err(move |e| Error::Origin(format!("the body of {url} broke off: {e}")));
+            }
+        }
+        let code = status.as_u16();
+        // A 404 or 410 that states no lifetime is remembered for the
+        // negative window; any status the rules store is kept with its
+        // fields and status; a 200 they do not store is still served.
+        let negative = matches!(code, 404 | 410) && decision.defaulted;
+        match status {
+            StatusCode::NOT_FOUND | StatusCode::GONE if negative && stored => {
+                Ok(FetchResult::NotFound)
+            }
+            _ if (stored && !negative) || status == StatusCode::OK => {
+                self.record(|o| o.no_store = !stored);
                 Ok(FetchResult::Body {
-                    meta,
-                    body: Box::pin(body),
-                    no_store: control.no_store,
-                    size,
+                    meta: meta_of(code, &fields, &decision),
+                    size: response.content_length(),
+                    body: Box::pin(response.bytes_stream().map_err(move |e| {
+                        Error::Origin(format!("the body of {url} broke off: {e}"))
+                    })),
+                    no_store: !stored,
                 })
             }
-            other => Err(Error::Origin(format!("{url} answered {other}"))),
+            _ => {
+                self.record(|o| o.no_store = true);
+                if let Ok(mut passed) = self.passed.lock() {
+                    *passed = Some(response);
+                }
+                Err(Error::Origin(PASSED.into()))
+            }
         }
     }
 }
 
-/// Serve one request. Never fails: every problem is a status code.
+/// The entry metadata of a response of `status` with `fields`, as the
+/// rules decide.
+fn meta_of(status: u16, fields: &rfc9111::Fields, decision: &Decision) -> Metadata {
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    rfc9111::entry_meta_of(status, fields, decision, now_ms).into()
+}
+
+/// Serve one request on the proxy listener. Never fails: every problem
+/// is a status code.
 pub(crate) async fn handle(
     state: Arc<State>,
     request: Request<Incoming>,
@@ -138,18 +319,17 @@ pub(crate) async fn handle(
         .uri()
         .path_and_query()
         .map_or_else(|| "/".to_owned(), |pq| pq.as_str().to_owned());
-    let response = match method {
-        Method::GET | Method::HEAD => get(&state, &key, &request).await,
-        Method::PUT => put(&state, &key, request).await,
-        Method::DELETE => delete(&state, &key, &request).await,
-        _ => {
-            let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "daramjwee; detail=method");
-            response.headers_mut().insert(
-                header::ALLOW,
-                HeaderValue::from_static("GET, HEAD, PUT, DELETE"),
-            );
-            response
+    let response = match origin_url(&state.origin, &key) {
+        Err(why) => text(StatusCode::BAD_REQUEST, &format!("{why}\n")),
+        // A request with credentials is the origin's to answer: nothing
+        // stored is handed to it and nothing it gets is stored.
+        Ok(url)
+            if matches!(method, Method::GET | Method::HEAD)
+                && !request.headers().contains_key(header::AUTHORIZATION) =>
+        {
+            get(&state, &key, url, &request).await
         }
+        Ok(url) => pass(&state, &key, url, request).await,
     };
     let elapsed = started.elapsed();
     state.metrics.latency.observe(elapsed.as_secs_f64());
@@ -172,25 +352,150 @@ pub(crate) async fn handle(
     Ok(response)
 }
 
-async fn get(state: &State, key: &str, request: &Request<Incoming>) -> Response<ProxyBody> {
+/// Pass a request to the origin as it came (method, target, end-to-end
+/// fields, body streamed) and its answer back the same way. A success of
+/// an unsafe method invalidates the stored responses of its target and of
+/// the same-origin `Location` and `Content-Location` it names (RFC 9111
+/// §4.4).
+async fn pass(
+    state: &State,
+    key: &str,
+    url: reqwest::Url,
+    request: Request<Incoming>,
+) -> Response<ProxyBody> {
+    let peer = request.extensions().get::<Peer>().copied();
+    let (parts, body) = request.into_parts();
+    let method = parts.method.clone();
+    let headers = upstream_fields(&parts.headers, peer);
+    let body = reqwest::Body::wrap_stream(body.into_data_stream());
+    let request = state
+        .client
+        .request(method.clone(), url.clone())
+        .headers(headers)
+        .body(body);
+    let response = match tokio::time::timeout(state.origin_timeout, request.send()).await {
+        Ok(Ok(response)) => response,
+        Ok(Err(e)) => return unreachable_origin(&format!("{url}: {e}"), false),
+        Err(_) => return unreachable_origin(&format!("{url} did not answer"), true),
+    };
+    let unsafe_method = !matches!(
+        method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
+    );
+    if unsafe_method && (response.status().is_success() || response.status().is_redirection()) {
+        let mut targets = vec![key.to_owned()];
+        for name in [header::LOCATION, header::CONTENT_LOCATION] {
+            if let Some(target) = response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| same_origin_target(&url, v))
+            {
+                targets.push(target);
+            }
+        }
+        for target in targets {
+            if let Err(e) = state.cache.delete(&target).await {
+                tracing::warn!(target, "cannot invalidate after {method}: {e}");
+            }
+        }
+    }
+    let outcome = Outcome {
+        fetched: true,
+        status: Some(response.status().as_u16()),
+        no_store: true,
+    };
+    state.metrics.misses.inc();
+    relay(response, status_line(Served::Origin, &outcome))
+}
+
+/// The request target `reference` names when it is on the same origin as
+/// `base` (RFC 9111 §4.4: other origins are not invalidated).
+fn same_origin_target(base: &reqwest::Url, reference: &str) -> Option<String> {
+    let url = base.join(reference).ok()?;
+    (url.origin() == base.origin()).then(|| {
+        let target = &url[url::Position::BeforePath..url::Position::AfterQuery];
+        target.to_owned()
+    })
+}
+
+/// The origin's answer as it came, but for hop-by-hop fields, with our
+/// `Cache-Status`.
+fn relay(response: reqwest::Response, cache_status: String) -> Response<ProxyBody> {
+    let status = response.status();
+    let headers = end_to_end(response.headers());
+    let body = response
+        .bytes_stream()
+        .map_ok(Frame::data)
+        .map_err(|e| std::io::Error::other(e.to_string()));
+    let mut relayed = Response::new(BodyExt::boxed_unsync(StreamBody::new(body)));
+    *relayed.status_mut() = status;
+    *relayed.headers_mut() = headers;
+    if let Ok(value) = HeaderValue::from_str(&cache_status) {
+        relayed.headers_mut().insert(CACHE_STATUS, value);
+    }
+    relayed
+}
+
+/// 502 (or 504 when it timed out) for an origin that did not answer.
+fn unreachable_origin(why: &str, timed_out: bool) -> Response<ProxyBody> {
+    let (status, detail) = if timed_out {
+        (StatusCode::GATEWAY_TIMEOUT, "timeout")
+    } else {
+        (StatusCode::BAD_GATEWAY, "origin-error")
+    };
+    let outcome = Outcome {
+        fetched: true,
+        ..Outcome::default()
+    };
+    let mut response = text(status, &format!("{why}\n"));
+    if let Ok(value) = HeaderValue::from_str(&failure_status(detail, &outcome)) {
+        response.headers_mut().insert(CACHE_STATUS, value);
+    }
+    response
+}
+
+async fn get(
+    state: &State,
+    key: &str,
+    url: reqwest::Url,
+    request: &Request<Incoming>,
+) -> Response<ProxyBody> {
     let inm = request
         .headers()
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok());
     let outcome = Arc::new(Mutex::new(Outcome::default()));
+    let passed = Arc::new(Mutex::new(None));
+    let personal = Arc::new(Mutex::new(HeaderMap::new()));
     let origin = HttpOrigin {
         client: state.client.clone(),
-        origin: state.origin.clone(),
+        url,
         timeout: state.origin_timeout,
+        request: text_fields(request.headers()),
+        upstream: upstream_fields(request.headers(), request.extensions().get().copied()),
+        policy: state.policy.clone(),
         outcome: Arc::clone(&outcome),
+        passed: Arc::clone(&passed),
+        personal: Arc::clone(&personal),
     };
     let result = state.cache.get_if_none_match(key, inm, origin).await;
     let outcome = outcome.lock().map(|o| o.clone()).unwrap_or_default();
     let response = match result {
         Ok(response) => response,
-        Err(e) => return failure(&e, &outcome),
+        Err(e) => {
+            if let Some(passed) = passed.lock().ok().and_then(|mut p| p.take()) {
+                state.metrics.misses.inc();
+                let mut response = relay(passed, status_line(Served::Origin, &outcome));
+                if request.method() == Method::HEAD {
+                    *response.body_mut() = empty();
+                }
+                return response;
+            }
+            return failure(&e, &outcome);
+        }
     };
-    let cache_status = cache_status(&response, &outcome, state.fresh_for);
+    let cache_status = cache_status(&response, &outcome, state.window_ms);
     let metrics = &state.metrics;
     match response.source {
         Source::Tier(i) if !outcome.fetched => metrics.hit(i),
@@ -213,14 +518,44 @@ async fn get(state: &State, key: &str, request: &Request<Incoming>) -> Response<
     // take its last byte for the end.
     let length_said = !response.stored;
     let GetResponse {
-        status, meta, body, ..
+        status,
+        meta,
+        body,
+        source,
+        ..
     } = response;
-    let mut builder = Response::builder()
-        .status(match status {
-            Status::Ok => StatusCode::OK,
-            Status::NotModified => StatusCode::NOT_MODIFIED,
-            Status::NotFound => StatusCode::NOT_FOUND,
-        })
+    let mut builder = Response::builder().status(match status {
+        Status::Ok => {
+            StatusCode::from_u16(rfc9111::stored_status(&meta.attributes)).unwrap_or(StatusCode::OK)
+        }
+        Status::NotModified => StatusCode::NOT_MODIFIED,
+        Status::NotFound => StatusCode::NOT_FOUND,
+    });
+    if status != Status::NotFound {
+        for (name, value) in rfc9111::stored_fields(&meta.attributes) {
+            // A 304 says what the representation would, not how its body
+            // is framed or encoded.
+            let framing = name.starts_with("content-") && status == Status::NotModified;
+            if framing || matches!(name, "etag" | "age" | "cache-status" | "content-length") {
+                continue;
+            }
+            if let (Ok(name), Ok(value)) = (
+                HeaderName::from_bytes(name.as_bytes()),
+                HeaderValue::from_str(value),
+            ) {
+                builder = builder.header(name, value);
+            }
+        }
+    }
+    // This request's own fetch: what the origin said to its client only.
+    if matches!(source, Source::Origin)
+        && let Ok(personal) = personal.lock()
+    {
+        for (name, value) in personal.iter() {
+            builder = builder.header(name, value);
+        }
+    }
+    builder = builder
         .header(CACHE_STATUS, cache_status)
         .header(header::AGE, age(&meta).to_string());
     if !meta.tag.is_empty()
@@ -228,13 +563,6 @@ async fn get(state: &State, key: &str, request: &Request<Incoming>) -> Response<
         && let Ok(tag) = HeaderValue::from_str(&meta.tag)
     {
         builder = builder.header(header::ETAG, tag);
-    }
-    if status == Status::Ok
-        && let Some((_, content_type)) =
-            meta.attributes.iter().find(|(k, _)| k == CONTENT_TYPE_ATTR)
-        && let Ok(value) = HeaderValue::from_str(content_type)
-    {
-        builder = builder.header(header::CONTENT_TYPE, value);
     }
     let body = match body {
         None if status == Status::NotFound => full("not found\n"),
@@ -283,7 +611,7 @@ async fn get(state: &State, key: &str, request: &Request<Incoming>) -> Response<
 }
 
 /// The `Cache-Status` of an answer from the cache.
-fn cache_status(response: &GetResponse, outcome: &Outcome, fresh_for: Duration) -> String {
+fn cache_status(response: &GetResponse, outcome: &Outcome, window_ms: u64) -> String {
     let served = match response.source {
         Source::Origin => Served::Origin,
         Source::Joined => Served::Joined,
@@ -292,7 +620,7 @@ fn cache_status(response: &GetResponse, outcome: &Outcome, fresh_for: Duration) 
         Source::Tier(index) => Served::Tier {
             index,
             stale: response.stale,
-            expired: response.stale && expired(&response.meta, fresh_for),
+            expired: response.stale && expired(&response.meta, window_ms),
         },
     };
     // `stored` only when the engine writes the body to a tier: not for a
@@ -319,22 +647,75 @@ fn failure(e: &Error, outcome: &Outcome) -> Response<ProxyBody> {
     response
 }
 
-async fn put(state: &State, key: &str, request: Request<Incoming>) -> Response<ProxyBody> {
-    if let Some(refused) = authorize(state, &request) {
-        return refused;
-    }
-    let headers = request.headers();
-    let text_of = |name| {
-        headers
-            .get(name)
-            .and_then(|v: &HeaderValue| v.to_str().ok())
+/// Serve one request on the admin listener: `PUT` stores, `DELETE`
+/// purges, with the bearer token.
+pub(crate) async fn handle_admin(
+    state: Arc<State>,
+    request: Request<Incoming>,
+) -> std::result::Result<Response<ProxyBody>, Infallible> {
+    let key = request
+        .uri()
+        .path_and_query()
+        .map_or_else(|| "/".to_owned(), |pq| pq.as_str().to_owned());
+    let method = request.method().clone();
+    let response = if let Some(refused) = authorize(&state, &request) {
+        refused
+    } else {
+        match method {
+            Method::PUT => put(&state, &key, request).await,
+            Method::DELETE => match state.cache.delete(&key).await {
+                Ok(()) => no_content("daramjwee; detail=deleted"),
+                Err(e) => admin_failure(&e),
+            },
+            _ => {
+                let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "use PUT or DELETE\n");
+                response
+                    .headers_mut()
+                    .insert(header::ALLOW, HeaderValue::from_static("PUT, DELETE"));
+                response
+            }
+        }
     };
-    let mut meta = Metadata::tagged(text_of(header::ETAG).unwrap_or_default());
-    if let Some(content_type) = text_of(header::CONTENT_TYPE) {
-        meta.attributes
-            .push((CONTENT_TYPE_ATTR.into(), content_type.into()));
-    }
-    let mut writer = match state.cache.set(key, meta).await {
+    tracing::info!(method = %method, key, status = response.status().as_u16(), "admin");
+    Ok(response)
+}
+
+/// Store the request's body under `key`, its fields (`Content-Type`,
+/// `ETag`, `Cache-Control`, `Expires` ...) as the stored response's, fresh
+/// as they say (or for `--fresh-for`).
+async fn put(state: &State, key: &str, request: Request<Incoming>) -> Response<ProxyBody> {
+    // The request's own fields are not the stored response's.
+    const REQUEST_ONLY: [&str; 12] = [
+        "host",
+        "authorization",
+        "user-agent",
+        "accept",
+        "accept-encoding",
+        "accept-language",
+        "expect",
+        "cookie",
+        "referer",
+        "origin",
+        "content-length",
+        "x-forwarded-for",
+    ];
+    let fields: Vec<(String, String)> = text_fields(request.headers())
+        .into_iter()
+        .filter(|(name, _)| !REQUEST_ONLY.contains(&name.as_str()))
+        .collect();
+    let now = now_secs();
+    let decision = rfc9111::decide(
+        &Exchange {
+            method: "GET",
+            request: &[],
+            status: 200,
+            response: &fields,
+            request_time: now,
+            response_time: now,
+        },
+        &state.policy,
+    );
+    let mut writer = match state.cache.set(key, meta_of(200, &fields, &decision)).await {
         Ok(writer) => writer,
         Err(e) => return admin_failure(&e),
     };
@@ -359,16 +740,6 @@ async fn put(state: &State, key: &str, request: Request<Incoming>) -> Response<P
     }
     match writer.commit().await {
         Ok(()) => no_content("daramjwee; detail=stored"),
-        Err(e) => admin_failure(&e),
-    }
-}
-
-async fn delete(state: &State, key: &str, request: &Request<Incoming>) -> Response<ProxyBody> {
-    if let Some(refused) = authorize(state, request) {
-        return refused;
-    }
-    match state.cache.delete(key).await {
-        Ok(()) => no_content("daramjwee; detail=deleted"),
         Err(e) => admin_failure(&e),
     }
 }
@@ -415,16 +786,13 @@ fn admin_failure(e: &Error) -> Response<ProxyBody> {
     text(status, &format!("{e}\n"))
 }
 
-/// The entry is past its freshness window and its stale bound.
-fn expired(meta: &Metadata, fresh_for: Duration) -> bool {
-    let Some(stale_for) = meta.stale_for else {
-        return false;
-    };
-    let age = meta
-        .cached_at
-        .and_then(|at| SystemTime::now().duration_since(at).ok())
-        .unwrap_or_default();
-    age >= meta.fresh_for.unwrap_or(fresh_for) + stale_for
+/// The entry is past its freshness window and its stale bound, as the
+/// engine classifies it.
+fn expired(meta: &Metadata, window_ms: u64) -> bool {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    classify(&meta.into(), now, window_ms) == Freshness::Expired
 }
 
 /// Seconds since the entry was fetched or written.
@@ -473,5 +841,55 @@ mod tests {
     fn token_digests_differ_for_different_tokens() {
         assert!(bool::from(token_digest("a").ct_eq(&token_digest("a"))));
         assert!(!bool::from(token_digest("a").ct_eq(&token_digest("b"))));
+    }
+
+    #[test]
+    fn a_target_a_url_parser_would_rewrite_is_refused() {
+        let origin = "http://127.0.0.1:9/base";
+        assert!(origin_url(origin, "/a/b?c=d%2F").is_ok());
+        for rewritten in [
+            "/sp/%2E%2E/%2E%2E/etc",
+            "/a/../b",
+            "/a/./b",
+            "/a\\b",
+            "/a b",
+        ] {
+            assert!(origin_url(origin, rewritten).is_err(), "{rewritten}");
+        }
+        let url = origin_url(origin, "/x?y").unwrap();
+        assert_eq!(url.as_str(), "http://127.0.0.1:9/base/x?y");
+    }
+
+    #[test]
+    fn hop_by_hop_fields_stay_and_via_and_forwarded_for_are_added() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONNECTION, HeaderValue::from_static("x-drop"));
+        headers.insert("x-drop", HeaderValue::from_static("1"));
+        headers.insert("x-keep", HeaderValue::from_static("2"));
+        headers.insert(header::HOST, HeaderValue::from_static("proxy"));
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        let peer = Peer("10.1.2.3:5555".parse().unwrap());
+        let up = upstream_fields(&headers, Some(peer));
+        assert!(up.get("x-drop").is_none() && up.get(header::CONNECTION).is_none());
+        assert!(up.get(header::TE).is_none() && up.get(header::HOST).is_none());
+        assert_eq!(up["x-keep"], "2");
+        assert_eq!(up[header::VIA], VIA);
+        assert_eq!(up["x-forwarded-for"], "10.1.2.3");
+        assert_eq!(up["x-forwarded-proto"], "http");
+    }
+
+    #[test]
+    fn only_same_origin_locations_are_invalidated() {
+        let base = reqwest::Url::parse("http://o.test:8000/p").unwrap();
+        assert_eq!(
+            same_origin_target(&base, "/q?x=1").as_deref(),
+            Some("/q?x=1")
+        );
+        assert_eq!(same_origin_target(&base, "r").as_deref(), Some("/r"));
+        assert_eq!(
+            same_origin_target(&base, "http://o.test:8000/s").as_deref(),
+            Some("/s")
+        );
+        assert_eq!(same_origin_target(&base, "http://elsewhere/s"), None);
     }
 }
