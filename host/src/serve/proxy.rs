@@ -129,6 +129,24 @@ fn origin_url(origin: &str, key: &str) -> std::result::Result<reqwest::Url, Stri
     Ok(url)
 }
 
+/// `Ok` when target `key` reaches the origin as it came. A target of
+/// plain characters needs no URL parse (a hit pays for none); one with
+/// `%`, `\\`, a dot segment or a character a parser would encode gets
+/// [`origin_url`]'s check.
+fn checked_target(origin: &str, key: &str) -> std::result::Result<(), String> {
+    let plain = key
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"-_~!$&'()*+,;=:@/?".contains(&b) || b == b'.')
+        && !key
+            .split(['/', '?'])
+            .any(|segment| segment == "." || segment == "..");
+    if plain {
+        Ok(())
+    } else {
+        origin_url(origin, key).map(drop)
+    }
+}
+
 /// Seconds since the epoch.
 fn now_secs() -> i64 {
     SystemTime::now()
@@ -138,29 +156,39 @@ fn now_secs() -> i64 {
 
 /// The origin as seen by the cache: `GET ORIGIN + key` with the client's
 /// fields, conditional on the validators we hold.
-struct HttpOrigin {
-    client: reqwest::Client,
-    url: reqwest::Url,
-    timeout: Duration,
-    /// The client's request fields, as text, for the rules.
-    request: Vec<(String, String)>,
-    /// What goes to the origin.
-    upstream: HeaderMap,
-    policy: Policy,
-    outcome: Arc<Mutex<Outcome>>,
+/// What one request's trip to the origin left for the request.
+#[derive(Default)]
+struct Trip {
+    outcome: Outcome,
     /// An answer the cache does not keep (another status), handed back to
     /// the request to pass on as it came.
-    passed: Arc<Mutex<Option<reqwest::Response>>>,
+    passed: Option<reqwest::Response>,
     /// Fields of the answer that go to this request's client only
     /// (`Set-Cookie`, those `private="..."` names): not stored, so not in
     /// the entry the response is built from.
-    personal: Arc<Mutex<HeaderMap>>,
+    personal: HeaderMap,
+}
+
+/// The origin as seen by one request. What only a fetch needs (the URL,
+/// the fields to send, the rules' reading of the request) is made when
+/// the origin is asked, not for every hit.
+struct HttpOrigin {
+    client: reqwest::Client,
+    /// Origin base URL and the request target (checked by `handle`).
+    origin: String,
+    key: String,
+    timeout: Duration,
+    /// The client's request fields, as they came.
+    request: HeaderMap,
+    peer: Option<Peer>,
+    policy: Policy,
+    trip: Arc<Mutex<Trip>>,
 }
 
 impl HttpOrigin {
-    fn record(&self, f: impl FnOnce(&mut Outcome)) {
-        if let Ok(mut outcome) = self.outcome.lock() {
-            f(&mut outcome);
+    fn record(&self, f: impl FnOnce(&mut Trip)) {
+        if let Ok(mut trip) = self.trip.lock() {
+            f(&mut trip);
         }
     }
 }
@@ -171,9 +199,10 @@ const PASSED: &str = "the origin's answer passes through";
 
 impl Fetcher for HttpOrigin {
     async fn fetch(&self, _key: &str, held: Option<&Metadata>) -> Result<FetchResult> {
-        self.record(|o| o.fetched = true);
-        let url = self.url.clone();
-        let mut headers = self.upstream.clone();
+        self.record(|t| t.outcome.fetched = true);
+        let url = origin_url(&self.origin, &self.key).map_err(Error::Origin)?;
+        let request_fields = text_fields(&self.request);
+        let mut headers = upstream_fields(&self.request, self.peer);
         // A fill wants the whole representation: the client's own
         // conditions and ranges are answered by the cache.
         for name in [
@@ -215,7 +244,7 @@ impl Fetcher for HttpOrigin {
             Ok(Ok(response)) => response,
         };
         let status = response.status();
-        self.record(|o| o.status = Some(status.as_u16()));
+        self.record(|t| t.outcome.status = Some(status.as_u16()));
         let fields = text_fields(response.headers());
         if status == StatusCode::NOT_MODIFIED
             && conditional
@@ -229,7 +258,7 @@ impl Fetcher for HttpOrigin {
             let decision = rfc9111::decide(
                 &Exchange {
                     method: "GET",
-                    request: &self.request,
+                    request: &request_fields,
                     status: stored_status,
                     response: &merged,
                     request_time,
@@ -246,7 +275,7 @@ impl Fetcher for HttpOrigin {
         let decision = rfc9111::decide(
             &Exchange {
                 method: "GET",
-                request: &self.request,
+                request: &request_fields,
                 status: status.as_u16(),
                 response: &fields,
                 request_time,
@@ -256,14 +285,14 @@ impl Fetcher for HttpOrigin {
         );
         let stored = decision.store.is_ok();
         let control = rfc9111::Directives::of_response(&fields);
-        if let Ok(mut personal) = self.personal.lock() {
+        if let Ok(mut trip) = self.trip.lock() {
             for (name, value) in response.headers() {
                 let name_text = name.as_str();
                 if matches!(name_text, "set-cookie" | "set-cookie2")
                     || control.private_fields.iter().any(|f| f == name_text)
                     || control.no_cache_fields.iter().any(|f| f == name_text)
                 {
-                    personal.append(name.clone(), value.clone());
+                    trip.personal.append(name.clone(), value.clone());
                 }
             }
         }
@@ -277,7 +306,7 @@ impl Fetcher for HttpOrigin {
                 Ok(FetchResult::NotFound)
             }
             _ if (stored && !negative) || status == StatusCode::OK => {
-                self.record(|o| o.no_store = !stored);
+                self.record(|t| t.outcome.no_store = !stored);
                 Ok(FetchResult::Body {
                     meta: meta_of(code, &fields, &decision),
                     size: response.content_length(),
@@ -288,10 +317,10 @@ impl Fetcher for HttpOrigin {
                 })
             }
             _ => {
-                self.record(|o| o.no_store = true);
-                if let Ok(mut passed) = self.passed.lock() {
-                    *passed = Some(response);
-                }
+                self.record(|t| {
+                    t.outcome.no_store = true;
+                    t.passed = Some(response);
+                });
                 Err(Error::Origin(PASSED.into()))
             }
         }
@@ -319,17 +348,20 @@ pub(crate) async fn handle(
         .uri()
         .path_and_query()
         .map_or_else(|| "/".to_owned(), |pq| pq.as_str().to_owned());
-    let response = match origin_url(&state.origin, &key) {
+    let response = match checked_target(&state.origin, &key) {
         Err(why) => text(StatusCode::BAD_REQUEST, &format!("{why}\n")),
         // A request with credentials is the origin's to answer: nothing
         // stored is handed to it and nothing it gets is stored.
-        Ok(url)
+        Ok(())
             if matches!(method, Method::GET | Method::HEAD)
                 && !request.headers().contains_key(header::AUTHORIZATION) =>
         {
-            get(&state, &key, url, &request).await
+            get(&state, &key, &request).await
         }
-        Ok(url) => pass(&state, &key, url, request).await,
+        Ok(()) => match origin_url(&state.origin, &key) {
+            Ok(url) => pass(&state, &key, url, request).await,
+            Err(why) => text(StatusCode::BAD_REQUEST, &format!("{why}\n")),
+        },
     };
     let elapsed = started.elapsed();
     state.metrics.latency.observe(elapsed.as_secs_f64());
@@ -455,36 +487,28 @@ fn unreachable_origin(why: &str, timed_out: bool) -> Response<ProxyBody> {
     response
 }
 
-async fn get(
-    state: &State,
-    key: &str,
-    url: reqwest::Url,
-    request: &Request<Incoming>,
-) -> Response<ProxyBody> {
+async fn get(state: &State, key: &str, request: &Request<Incoming>) -> Response<ProxyBody> {
     let inm = request
         .headers()
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok());
-    let outcome = Arc::new(Mutex::new(Outcome::default()));
-    let passed = Arc::new(Mutex::new(None));
-    let personal = Arc::new(Mutex::new(HeaderMap::new()));
+    let trip = Arc::new(Mutex::new(Trip::default()));
     let origin = HttpOrigin {
         client: state.client.clone(),
-        url,
+        origin: state.origin.clone(),
+        key: key.to_owned(),
         timeout: state.origin_timeout,
-        request: text_fields(request.headers()),
-        upstream: upstream_fields(request.headers(), request.extensions().get().copied()),
+        request: request.headers().clone(),
+        peer: request.extensions().get().copied(),
         policy: state.policy.clone(),
-        outcome: Arc::clone(&outcome),
-        passed: Arc::clone(&passed),
-        personal: Arc::clone(&personal),
+        trip: Arc::clone(&trip),
     };
     let result = state.cache.get_if_none_match(key, inm, origin).await;
-    let outcome = outcome.lock().map(|o| o.clone()).unwrap_or_default();
+    let outcome = trip.lock().map(|t| t.outcome.clone()).unwrap_or_default();
     let response = match result {
         Ok(response) => response,
         Err(e) => {
-            if let Some(passed) = passed.lock().ok().and_then(|mut p| p.take()) {
+            if let Some(passed) = trip.lock().ok().and_then(|mut t| t.passed.take()) {
                 state.metrics.misses.inc();
                 let mut response = relay(passed, status_line(Served::Origin, &outcome));
                 if request.method() == Method::HEAD {
@@ -549,9 +573,9 @@ async fn get(
     }
     // This request's own fetch: what the origin said to its client only.
     if matches!(source, Source::Origin)
-        && let Ok(personal) = personal.lock()
+        && let Ok(trip) = trip.lock()
     {
-        for (name, value) in personal.iter() {
+        for (name, value) in trip.personal.iter() {
             builder = builder.header(name, value);
         }
     }
@@ -856,6 +880,20 @@ mod tests {
         ] {
             assert!(origin_url(origin, rewritten).is_err(), "{rewritten}");
         }
+        for plain in ["/a/b.c?d=e&f=1", "/", "/x.y/z"] {
+            assert_eq!(checked_target(origin, plain), Ok(()), "{plain}");
+        }
+        for rewritten in [
+            "/sp/%2E%2E/%2E%2E/etc",
+            "/a/../b",
+            "/a/./b",
+            "/a\\b",
+            "/..",
+            "/a/.",
+        ] {
+            assert!(checked_target(origin, rewritten).is_err(), "{rewritten}");
+        }
+        assert_eq!(checked_target(origin, "/pct%41"), Ok(()), "kept as it came");
         let url = origin_url(origin, "/x?y").unwrap();
         assert_eq!(url.as_str(), "http://127.0.0.1:9/base/x?y");
     }
