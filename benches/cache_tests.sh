@@ -92,14 +92,14 @@ wait_port() { # NAME PORT
 }
 
 # The suite's origin.
-(cd "$suite" && start origin env npm_config_protocol=http npm_config_port="$p_origin" \
-    npm_config_pidfile="$tmp/origin.pid" node server/server.mjs)
+start origin env -C "$suite" npm_config_protocol=http npm_config_port="$p_origin" \
+    npm_config_pidfile="$tmp/origin.pid" node server/server.mjs
 wait_port origin "$p_origin"
 
 # daramjwee serve, default settings but where it listens and what it fronts.
 mkdir -p "$tmp/daramjwee"
-(cd "$tmp/daramjwee" && start daramjwee "$djw" serve --listen "127.0.0.1:$p_djw" \
-    --origin "http://127.0.0.1:$p_origin")
+start daramjwee env -C "$tmp/daramjwee" "$djw" serve --listen "127.0.0.1:$p_djw" \
+    --origin "http://127.0.0.1:$p_origin"
 wait_port daramjwee "$p_djw"
 
 run_suite() { # NAME PORT [TEST]
