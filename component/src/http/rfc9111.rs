@@ -336,15 +336,6 @@ pub fn hop_by_hop(fields: &Fields, name: &str) -> bool {
         || list(fields, "connection").any(|named| named.eq_ignore_ascii_case(name))
 }
 
-/// The fields of `fields` that are not hop-by-hop, as they came.
-pub fn end_to_end(fields: &Fields) -> Vec<(String, String)> {
-    fields
-        .iter()
-        .filter(|(name, _)| !hop_by_hop(fields, name))
-        .cloned()
-        .collect()
-}
-
 /// The operator's choices where the RFC leaves one to the cache.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Policy {
@@ -633,6 +624,21 @@ pub fn merged_fields(meta: &Metadata, not_modified: &Fields) -> Vec<(String, Str
     merged.retain(|(name, _)| !update.iter().any(|(n, _)| n.eq_ignore_ascii_case(name)));
     merged.extend(update);
     merged
+}
+
+/// The stored fields a response from an entry sends, from its attributes:
+/// all but those the answer sets itself (`ETag`, `Age`, `Cache-Status`,
+/// `Content-Length`) and, on a 304 (`not_modified`), those describing the
+/// body (`Content-*`): a 304 says what the representation would, not how
+/// its body is framed or encoded.
+pub fn fields_to_send(
+    attributes: &[(String, String)],
+    not_modified: bool,
+) -> impl Iterator<Item = (&str, &str)> {
+    stored_fields(attributes).filter(move |(name, _)| {
+        !(matches!(*name, "etag" | "age" | "cache-status" | "content-length")
+            || (not_modified && name.starts_with("content-")))
+    })
 }
 
 /// The stored fields of an entry, from its attributes, as `(name, value)`.
@@ -944,7 +950,12 @@ mod tests {
             ("Transfer-Encoding", "chunked"),
             ("X-Kept", "2"),
         ]);
-        assert_eq!(end_to_end(&r), fields(&[("X-Kept", "2")]));
+        let kept: Vec<_> = r
+            .iter()
+            .filter(|(n, _)| !hop_by_hop(&r, n))
+            .cloned()
+            .collect();
+        assert_eq!(kept, fields(&[("X-Kept", "2")]));
     }
 
     #[test]
@@ -985,6 +996,10 @@ mod tests {
         assert_eq!(meta.cached_at, Some(990_000));
         assert_eq!((meta.fresh_for, meta.stale_for), (Some(60_000), Some(0)));
         let stored: Vec<_> = stored_fields(&meta.attributes).collect();
+        let sent: Vec<_> = fields_to_send(&meta.attributes, false).collect();
+        assert_eq!(sent, stored);
+        let on_304: Vec<_> = fields_to_send(&meta.attributes, true).collect();
+        assert_eq!(on_304, vec![("cache-control", "max-age=60")]);
         assert_eq!(
             stored,
             vec![

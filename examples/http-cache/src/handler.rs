@@ -117,13 +117,8 @@ impl<T: Tier<Body = EdgeBody>> EdgeCache<T> {
             headers.push(("etag", response.meta.tag.clone()));
         }
         if status != 404 {
-            for (name, value) in rfc9111::stored_fields(&response.meta.attributes) {
-                // A 304 says what the representation would, not how its
-                // body is framed or encoded.
-                let framing = name.starts_with("content-") && status == 304;
-                if !framing && !matches!(name, "etag" | "age" | "cache-status" | "content-length") {
-                    headers.push((name, value.to_owned()));
-                }
+            for (name, value) in rfc9111::fields_to_send(&response.meta.attributes, status == 304) {
+                headers.push((name, value.to_owned()));
             }
         }
         let body = match response.body {

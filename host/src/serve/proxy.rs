@@ -556,13 +556,8 @@ async fn get(state: &State, key: &str, request: &Request<Incoming>) -> Response<
         Status::NotFound => StatusCode::NOT_FOUND,
     });
     if status != Status::NotFound {
-        for (name, value) in rfc9111::stored_fields(&meta.attributes) {
-            // A 304 says what the representation would, not how its body
-            // is framed or encoded.
-            let framing = name.starts_with("content-") && status == Status::NotModified;
-            if framing || matches!(name, "etag" | "age" | "cache-status" | "content-length") {
-                continue;
-            }
+        let not_modified = status == Status::NotModified;
+        for (name, value) in rfc9111::fields_to_send(&meta.attributes, not_modified) {
             if let (Ok(name), Ok(value)) = (
                 HeaderName::from_bytes(name.as_bytes()),
                 HeaderValue::from_str(value),
