@@ -6,10 +6,11 @@
 # (required / optimal / check), dependencies honoured as the suite's own
 # display counts them.
 #
-#   benches/cache_tests.sh [--daramjwee PATH] [--peers] [--floor N] [--id TEST] [--keep]
+#   benches/cache_tests.sh [--daramjwee PATH] [--peers] [--floor N] [--failing] [--id TEST] [--keep]
 #
 # --floor N      exit 1 when fewer than N required tests pass through daramjwee
 #                (CI passes the floor recorded in benches/cache_tests.floor)
+# --failing      also list the required tests daramjwee does not pass, and why
 # --id TEST      run one test verbosely through daramjwee instead (no table)
 # --peers        also nginx (the suite's own configuration: proxy_cache with
 #                proxy_cache_revalidate) and Varnish (default_ttl=0, its built-in
@@ -31,12 +32,14 @@ djw=${DARAMJWEE:-${CARGO_TARGET_DIR:-$repo/target}/release/daramjwee}
 peers=0
 floor=
 one=
+failing=0
 keep=0
 while [ $# -gt 0 ]; do
     case $1 in
         --daramjwee) djw=$2; shift 2 ;;
         --peers) peers=1; shift ;;
         --floor) floor=$2; shift 2 ;;
+        --failing) failing=1; shift ;;
         --id) one=$2; shift 2 ;;
         --keep) keep=1; shift ;;
         *) echo "unknown argument: $1" >&2; exit 2 ;;
@@ -160,5 +163,8 @@ fi
 summary=(node "$here/cache_tests_summary.mjs" "$suite" "${runs[@]}")
 if [ -n "$floor" ]; then
     summary+=(--floor "$floor")
+fi
+if [ "$failing" = 1 ]; then
+    summary+=(--failing)
 fi
 "${summary[@]}"

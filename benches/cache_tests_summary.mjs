@@ -6,7 +6,8 @@
 // usage: node cache_tests_summary.mjs SUITE_DIR RESULTS.json [NAME RESULTS.json]...
 //   prints one table: a row a section, a column a kind and implementation.
 // With --floor N it exits 1 when fewer than N required tests pass in the
-// first RESULTS.json.
+// first RESULTS.json. With --failing it also lists the required tests the
+// first RESULTS.json does not pass (id, section, name, what went wrong).
 
 import fs from 'fs'
 import path from 'path'
@@ -15,11 +16,14 @@ import { pathToFileURL } from 'url'
 const args = process.argv.slice(2)
 const suiteDir = args.shift()
 let floor
+let failing = false
 const runs = []
 while (args.length) {
   const arg = args.shift()
   if (arg === '--floor') {
     floor = Number(args.shift())
+  } else if (arg === '--failing') {
+    failing = true
   } else {
     runs.push({ name: arg, file: args.shift() })
   }
@@ -27,9 +31,11 @@ while (args.length) {
 
 const suites = (await import(pathToFileURL(path.join(suiteDir, 'tests', 'index.mjs')))).default
 const byId = new Map()
+const sectionOf = new Map()
 for (const suite of suites) {
   for (const test of suite.tests) {
     byId.set(test.id, test)
+    sectionOf.set(test.id, suite.id)
   }
 }
 
@@ -82,6 +88,18 @@ rows.push(totalRow)
 const widths = header.map((_, c) => Math.max(...rows.map(r => String(r[c]).length)))
 for (const row of rows) {
   console.log(row.map((cell, c) => String(cell).padEnd(widths[c])).join('  ').trimEnd())
+}
+
+if (failing) {
+  const results = loaded[0].results
+  for (const [id, test] of byId) {
+    if (kindOf(test) !== 'required' || passed(results, id)) continue
+    const result = results[id]
+    const why = result === undefined ? 'not run'
+      : result === true ? 'a dependency did not pass'
+        : Array.isArray(result) ? result.join(': ') : String(result)
+    console.log(`${sectionOf.get(id)}  ${id}  ${test.name}\n    ${why}`)
+  }
 }
 
 if (floor !== undefined) {
