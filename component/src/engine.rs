@@ -8,7 +8,7 @@ use std::rc::Rc;
 use std::task::Poll;
 
 use crate::fill::{Fill, FillReader};
-use crate::freshness::{Freshness, classify};
+use crate::freshness::{Conditions, Freshness, classify, classify_for};
 use crate::generation::Generations;
 use crate::meta::if_none_match;
 use crate::runtime::{Body, Entry, Fetched, Job, JobKind, Origin, Runtime, Sink, Tier};
@@ -310,13 +310,26 @@ impl<R: Runtime> Engine<R> {
         if_none_match: Option<&str>,
         origin: R::Origin,
     ) -> Result<Response<R>> {
+        self.get_with(key, &Conditions::if_none_match(if_none_match), origin)
+            .await
+    }
+
+    /// [`Engine::get`] for a caller with `conditions`: an entry too old
+    /// for them is validated with the origin before it is used, one
+    /// within their `max_stale` is answered stale.
+    pub async fn get_with(
+        &self,
+        key: &str,
+        conditions: &Conditions,
+        origin: R::Origin,
+    ) -> Result<Response<R>> {
         let inner = &self.inner;
         inner.check(key)?;
         let mut origin = Some(origin);
         let setup = async {
             let mut last = Error::Other("no attempt was made".into());
             for _ in 0..MAX_ATTEMPTS {
-                match inner.attempt(key, if_none_match, &mut origin).await? {
+                match inner.attempt(key, conditions, &mut origin).await? {
                     Step::Done(response) => return Ok(response),
                     Step::Again(why) => last = why,
                 }
@@ -350,7 +363,12 @@ impl<R: Runtime> Engine<R> {
         if classify(&entry.meta, inner.rt.now_ms(), window) != Freshness::Fresh {
             return Ok(None);
         }
-        Ok(answer_from(entry, Source::Tier(0), false, inm, true).ok())
+        Ok(
+            match answer_from(entry, Source::Tier(0), false, inm, true) {
+                Found::Answered(response) => Some(response),
+                Found::Promote(_) => None,
+            },
+        )
     }
 
     /// [`Engine::peek`] without waiting: a fresh tier-0 hit whose body
@@ -552,9 +570,10 @@ impl<R: Runtime> Inner<R> {
     async fn attempt(
         self: &Rc<Self>,
         key: &str,
-        inm: Option<&str>,
+        conditions: &Conditions,
         origin: &mut Option<R::Origin>,
     ) -> Result<Step<R>> {
+        let inm = conditions.if_none_match.as_deref();
         let generation = self.generation(key);
         let now = self.rt.now_ms();
         let mut dirty = false;
@@ -574,7 +593,8 @@ impl<R: Runtime> Inner<R> {
                     continue;
                 }
             };
-            let freshness = classify(&entry.meta, now, self.config.window(i, &entry.meta));
+            let window = self.config.window(i, &entry.meta);
+            let freshness = classify_for(&entry.meta, now, window, conditions);
             let source = Source::Tier(i as u32);
             if freshness == Freshness::Expired {
                 held = Some((i, entry.meta));
@@ -589,8 +609,8 @@ impl<R: Runtime> Inner<R> {
                     .await;
             }
             let entry = match answer_from(entry, source, stale, inm, i == 0 || stale || dirty) {
-                Ok(response) => return Ok(Step::Done(response)),
-                Err(entry) => entry,
+                Found::Answered(response) => return Ok(Step::Done(response)),
+                Found::Promote(entry) => entry,
             };
             // A fresh lower-tier hit: stream it while promoting it to tier 0.
             if let Some(flight) = self.flight(key) {
@@ -727,7 +747,7 @@ impl<R: Runtime> Inner<R> {
         held: &Metadata,
         inm: Option<&str>,
     ) -> Option<Response<R>> {
-        let grace = self.config.stale_if_error;
+        let grace = held.stale_if_error.unwrap_or(self.config.stale_if_error);
         let cached_at = held.cached_at?;
         if grace == 0 || held.negative {
             return None;
@@ -1150,6 +1170,14 @@ fn answer_by_meta(meta: &Metadata, inm: Option<&str>) -> Option<Status> {
     }
 }
 
+/// What an entry found in a tier comes to.
+enum Found<R: Runtime> {
+    /// The answer, from the entry alone.
+    Answered(Response<R>),
+    /// The entry back, to be promoted while it is streamed.
+    Promote(Entry<R::Body>),
+}
+
 /// What `entry` answers by itself: not-found when it is negative,
 /// not-modified when `inm` matches its tag, else its body when
 /// `with_body`; otherwise the entry back (a fresh lower-tier hit, to be
@@ -1160,15 +1188,15 @@ fn answer_from<R: Runtime>(
     stale: bool,
     inm: Option<&str>,
     with_body: bool,
-) -> std::result::Result<Response<R>, Entry<R::Body>> {
+) -> Found<R> {
     if let Some(status) = answer_by_meta(&entry.meta, inm) {
-        return Ok(Response::without_body(status, entry.meta, source, stale));
+        return Found::Answered(Response::without_body(status, entry.meta, source, stale));
     }
     if !with_body {
-        return Err(entry);
+        return Found::Promote(entry);
     }
     let Entry { meta, size, body } = entry;
-    Ok(Response {
+    Found::Answered(Response {
         status: Status::Ok,
         meta,
         source,

@@ -258,15 +258,18 @@ impl cx::GuestCache for CacheImpl {
     async fn get(
         &self,
         key: String,
-        if_none_match: Option<String>,
+        conditions: cx::Conditions,
         origin: origin::Fetcher,
     ) -> Result<cx::Response, wit::Error> {
         #[cfg(feature = "fault-injection")]
         crate::faults::inject(&key);
-        let r = self
-            .engine
-            .get(&key, if_none_match.as_deref(), origin)
-            .await?;
+        let conditions = crate::Conditions {
+            if_none_match: conditions.if_none_match,
+            max_age: conditions.max_age,
+            min_fresh: conditions.min_fresh,
+            max_stale: conditions.max_stale,
+        };
+        let r = self.engine.get_with(&key, &conditions, origin).await?;
         Ok(wit_response(r))
     }
 

@@ -181,6 +181,7 @@ impl hits::Guest for Component {
                 negative: entry.negative,
                 fresh_for: entry.fresh_for,
                 stale_for: entry.stale_for,
+                stale_if_error: None,
                 attributes: Vec::new(),
             };
             *path.lent.borrow_mut() = Some((meta, ()));

@@ -33,6 +33,6 @@ pub use config::{Config, TierFreshness};
 pub use engine::{Engine, Response, ResponseBody, Source, Status, WholeResponse, Writer};
 pub use error::{Error, Result};
 pub use fill::{Chunk, FillReader};
-pub use freshness::{Freshness, classify};
+pub use freshness::{Conditions, Freshness, classify, classify_for};
 pub use meta::{Decoder, Metadata, if_none_match};
 pub use runtime::{Body, Entry, Fetched, Job, JobKind, Origin, Runtime, Sink, Tier};

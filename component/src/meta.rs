@@ -13,6 +13,11 @@ pub struct Metadata {
     pub fresh_for: Option<u64>,
     /// How long past freshness the entry may be served stale, in ms.
     pub stale_for: Option<u64>,
+    /// How long past freshness the entry may be served when the origin
+    /// fails, in ms; `Some(0)` forbids serving it stale without
+    /// validation at all, even to a caller that accepts stale answers;
+    /// `None` leaves it to the cache's `stale_if_error`.
+    pub stale_if_error: Option<u64>,
     /// Opaque name/value pairs kept with the entry.
     pub attributes: Vec<(String, String)>,
 }
@@ -35,7 +40,12 @@ impl Metadata {
     pub fn encode(&self, out: &mut Vec<u8>) {
         put_str(out, &self.tag);
         out.push(u8::from(self.negative));
-        for value in [self.cached_at, self.fresh_for, self.stale_for] {
+        for value in [
+            self.cached_at,
+            self.fresh_for,
+            self.stale_for,
+            self.stale_if_error,
+        ] {
             match value {
                 None => out.push(0),
                 Some(v) => {
@@ -57,7 +67,7 @@ impl Metadata {
         let mut d = Decoder(bytes);
         let tag = d.string()?;
         let negative = d.flag()?;
-        let mut times = [None; 3];
+        let mut times = [None; 4];
         for time in &mut times {
             *time = match d.u8()? {
                 0 => None,
@@ -65,7 +75,7 @@ impl Metadata {
                 _ => return None,
             };
         }
-        let [cached_at, fresh_for, stale_for] = times;
+        let [cached_at, fresh_for, stale_for, stale_if_error] = times;
         let attributes = d.pairs()?;
         d.0.is_empty().then_some(Metadata {
             tag,
@@ -73,6 +83,7 @@ impl Metadata {
             negative,
             fresh_for,
             stale_for,
+            stale_if_error,
             attributes,
         })
     }
@@ -173,6 +184,7 @@ mod tests {
             negative: true,
             fresh_for: Some(1500),
             stale_for: None,
+            stale_if_error: Some(0),
             attributes: vec![
                 ("content-type".into(), "text/plain".into()),
                 ("é".into(), String::new()),

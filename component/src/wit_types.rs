@@ -49,6 +49,7 @@ macro_rules! conversions {
                     negative: m.negative,
                     fresh_for: m.fresh_for,
                     stale_for: m.stale_for,
+                    stale_if_error: m.stale_if_error,
                     attributes: m.attributes,
                 }
             }
@@ -62,6 +63,7 @@ macro_rules! conversions {
                     negative: m.negative,
                     fresh_for: m.fresh_for,
                     stale_for: m.stale_for,
+                    stale_if_error: m.stale_if_error,
                     attributes: m.attributes,
                 }
             }

@@ -23,6 +23,10 @@ pub struct Body {
     size: Option<u64>,
     received: u64,
     done: Option<oneshot::Receiver<Result<()>>>,
+    /// The last chunk of a body of stated length, held back until the
+    /// fill is done: a reader that counts bytes takes that chunk for the
+    /// end, so it comes only once the entry is published.
+    last: Option<Bytes>,
     ended: bool,
     _open: Option<OpenBody>,
 }
@@ -40,6 +44,7 @@ impl Body {
             size,
             received: 0,
             done,
+            last: None,
             ended: false,
             _open: Some(open),
         }
@@ -53,6 +58,7 @@ impl Body {
             whole: (!bytes.is_empty()).then_some(bytes),
             received: 0,
             done: None,
+            last: None,
             ended: false,
             _open: None,
         }
@@ -111,18 +117,24 @@ impl Stream for Body {
             self.received += bytes.len() as u64;
             return Poll::Ready(Some(Ok(bytes)));
         }
-        if let Some(rx) = self.rx.as_mut()
+        if self.last.is_none()
+            && let Some(rx) = self.rx.as_mut()
             && let Some(chunk) = ready!(rx.poll_recv(cx))
         {
             if let Ok(bytes) = &chunk {
                 self.received += bytes.len() as u64;
-                if let Some(size) = self.size
-                    && self.received > size
-                {
-                    self.ended = true;
-                    return Poll::Ready(Some(Err(Error::Store(format!(
-                        "body runs past its {size} bytes"
-                    )))));
+                match self.size {
+                    Some(size) if self.received > size => {
+                        self.ended = true;
+                        return Poll::Ready(Some(Err(Error::Store(format!(
+                            "body runs past its {size} bytes"
+                        )))));
+                    }
+                    Some(size) if self.received == size && self.done.is_some() => {
+                        self.last = chunk.ok();
+                        return self.poll_next(cx);
+                    }
+                    _ => {}
                 }
             }
             return Poll::Ready(Some(chunk));
@@ -133,6 +145,16 @@ impl Stream for Body {
                 Err(Error::Engine("the body was abandoned by the engine".into()))
             }),
         };
+        self.done = None;
+        if let Some(last) = self.last.take() {
+            if let Err(e) = outcome {
+                self.ended = true;
+                return Poll::Ready(Some(Err(e)));
+            }
+            // The rest (the end of the stream, or bytes past the stated
+            // length) is read on the next poll.
+            return Poll::Ready(Some(Ok(last)));
+        }
         self.end(outcome)
     }
 }

@@ -18,7 +18,7 @@ use crate::meta::duration_millis;
 use crate::pool::{Pool, PoolStats, WorkerStrategy};
 use crate::shard::{self, Command, Shard, ShardSpec, ticks_in};
 use crate::tier::Tier;
-use crate::{Error, Metadata, Result};
+use crate::{Conditions, Error, Metadata, Result};
 
 /// Outcome of a `get`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -431,23 +431,43 @@ impl Cache {
         if_none_match: Option<&str>,
         fetcher: impl Fetcher,
     ) -> Result<GetResponse> {
+        self.get_with(key, Conditions::if_none_match(if_none_match), fetcher)
+            .await
+    }
+
+    /// Read `key` for a caller with `conditions`: an entry too old for
+    /// them (`max_age`, `min_fresh`) is validated with the origin before
+    /// it is used, one within their `max_stale` is answered stale.
+    pub async fn get_with(
+        &self,
+        key: &str,
+        conditions: Conditions,
+        fetcher: impl Fetcher,
+    ) -> Result<GetResponse> {
         self.check_open()?;
-        let whole_asked = match hit_path::answer(self.inner.router.id, key, if_none_match) {
-            Whole::Answered(answer) => return answer,
-            Whole::Declined => true,
-            Whole::NotAsked => false,
+        let if_none_match = conditions.if_none_match.as_deref();
+        // The fast paths answer fresh entries as the cache's windows
+        // count them: a caller with an age of its own goes to the engine.
+        let plain = conditions.ages_unasked();
+        let whole_asked = if plain {
+            match hit_path::answer(self.inner.router.id, key, if_none_match) {
+                Whole::Answered(answer) => return answer,
+                Whole::Declined => true,
+                Whole::NotAsked => false,
+            }
+        } else {
+            false
         };
         let router = &self.inner.router;
-        if let Some(answer) = router.peek_here(key, if_none_match, whole_asked).await {
+        if plain && let Some(answer) = router.peek_here(key, if_none_match, whole_asked).await {
             return answer;
         }
         let fetcher: SharedFetcher = Arc::new(fetcher);
-        let inm = if_none_match.map(str::to_owned);
         self.inner
             .router
             .call(key, |reply| Command::Get {
                 key: key.to_owned(),
-                inm,
+                conditions,
                 whole_asked,
                 fetcher,
                 reply,

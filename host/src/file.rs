@@ -7,14 +7,14 @@
 //! checked on every read: two keys that collide on the hash read as absent,
 //! never as each other's entry.
 //!
-//! # File format (version 1)
+//! # File format (version 2)
 //!
 //! All integers little-endian.
 //!
 //! | offset | size | field |
 //! |---|---|---|
 //! | 0 | 8 | magic `DJWEFILE` |
-//! | 8 | 2 | format version (1) |
+//! | 8 | 2 | format version (2; version 1 lacked `stale-if-error`) |
 //! | 10 | 2 | flags (0) |
 //! | 12 | 4 | key length |
 //! | 16 | 4 | metadata length |
@@ -78,7 +78,7 @@ use crate::tier::{ByteStream, StoreStats, Tier, TierEntry, TierSink};
 use crate::{Error, Metadata, Result};
 
 const MAGIC: [u8; 8] = *b"DJWEFILE";
-const VERSION: u16 = 1;
+const VERSION: u16 = 2;
 const FIXED: usize = 32;
 /// Bytes read per step when streaming a body.
 const READ_CHUNK: usize = 64 * 1024;
@@ -1158,7 +1158,7 @@ impl Drop for FileSink {
     }
 }
 
-// Metadata encoding, version 1 (the file format version covers it).
+// Metadata encoding, version 2 (the file format version covers it).
 
 fn put_str(out: &mut BytesMut, s: &str) {
     out.extend_from_slice(&(s.len() as u32).to_le_bytes());
@@ -1196,6 +1196,7 @@ fn encode_meta(meta: &Metadata, out: &mut BytesMut) {
     }
     put_opt_duration(out, meta.fresh_for);
     put_opt_duration(out, meta.stale_for);
+    put_opt_duration(out, meta.stale_if_error);
     out.extend_from_slice(&(meta.attributes.len() as u32).to_le_bytes());
     for (name, value) in &meta.attributes {
         put_str(out, name);
@@ -1238,6 +1239,7 @@ fn decode_meta(bytes: &[u8]) -> Option<Metadata> {
     };
     let fresh_for = d.opt_duration()?;
     let stale_for = d.opt_duration()?;
+    let stale_if_error = d.opt_duration()?;
     let attributes = d.pairs()?;
     d.0.is_empty().then_some(Metadata {
         tag,
@@ -1245,6 +1247,7 @@ fn decode_meta(bytes: &[u8]) -> Option<Metadata> {
         negative,
         fresh_for,
         stale_for,
+        stale_if_error,
         attributes,
     })
 }
@@ -1260,6 +1263,7 @@ mod tests {
             negative: true,
             fresh_for: Some(Duration::from_millis(1500)),
             stale_for: None,
+            stale_if_error: Some(Duration::ZERO),
             attributes: vec![
                 ("content-type".into(), "text/plain".into()),
                 ("é".into(), String::new()),
@@ -1339,8 +1343,12 @@ mod tests {
             (parsed.key_len, parsed.meta_len, parsed.body_len, parsed.crc),
             (3, 4, 5, 6)
         );
-        let mut bad = h;
-        bad[8] = 2;
-        assert!(parse_fixed(&bad).is_none());
+        // An entry of the previous format (1, without `stale-if-error`)
+        // or of a later one reads as absent, never as garbage.
+        for version in [1u8, 3] {
+            let mut other = h;
+            other[8] = version;
+            assert!(parse_fixed(&other).is_none(), "version {version}");
+        }
     }
 }

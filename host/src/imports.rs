@@ -521,6 +521,7 @@ impl From<types::Metadata> for Metadata {
             m.negative,
             m.fresh_for,
             m.stale_for,
+            m.stale_if_error,
             m.attributes,
         )
     }
@@ -535,6 +536,7 @@ impl From<Metadata> for types::Metadata {
             negative: m.negative,
             fresh_for: m.fresh_for.map(duration_millis),
             stale_for: m.stale_for.map(duration_millis),
+            stale_if_error: m.stale_if_error.map(duration_millis),
             attributes: m.attributes,
         }
     }

@@ -50,6 +50,7 @@ pub use cache::{Cache, CacheBuilder, GetResponse, Source, Status, Writer};
 pub use component::FAULTY_COMPONENT;
 pub use component::{ComponentSource, EMBEDDED_COMPONENT, default_compile_cache};
 /// Eviction policies, re-exported from the engine crate.
+pub use daramjwee_component::Conditions;
 pub use daramjwee_component::policy::PolicyKind;
 pub use error::{Error, Result};
 pub use fetcher::{FetchResult, Fetcher};

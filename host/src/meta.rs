@@ -15,6 +15,11 @@ pub struct Metadata {
     pub fresh_for: Option<Duration>,
     /// How long past freshness the entry may be served stale.
     pub stale_for: Option<Duration>,
+    /// How long past freshness the entry may be served when the origin
+    /// fails; `Some(ZERO)` forbids serving it stale without validation at
+    /// all, even to a caller that accepts stale answers; `None` leaves it
+    /// to the cache's `stale_if_error`.
+    pub stale_if_error: Option<Duration>,
     /// Opaque name/value pairs kept with the entry.
     pub attributes: Vec<(String, String)>,
 }
@@ -51,6 +56,7 @@ impl Metadata {
         negative: bool,
         fresh_for: Option<u64>,
         stale_for: Option<u64>,
+        stale_if_error: Option<u64>,
         attributes: Vec<(String, String)>,
     ) -> Metadata {
         Metadata {
@@ -59,6 +65,7 @@ impl Metadata {
             negative,
             fresh_for: fresh_for.map(Duration::from_millis),
             stale_for: stale_for.map(Duration::from_millis),
+            stale_if_error: stale_if_error.map(Duration::from_millis),
             attributes,
         }
     }
@@ -72,6 +79,7 @@ impl From<daramjwee_component::Metadata> for Metadata {
             m.negative,
             m.fresh_for,
             m.stale_for,
+            m.stale_if_error,
             m.attributes,
         )
     }
@@ -85,6 +93,7 @@ impl From<&Metadata> for daramjwee_component::Metadata {
             negative: m.negative,
             fresh_for: m.fresh_for.map(duration_millis),
             stale_for: m.stale_for.map(duration_millis),
+            stale_if_error: m.stale_if_error.map(duration_millis),
             attributes: m.attributes.clone(),
         }
     }

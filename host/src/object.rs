@@ -74,7 +74,9 @@ const HEADER_PROBE: u64 = 4096;
 /// Encoded metadata larger than this is refused on write and treated as
 /// damage on read, so a bad length never makes a reader allocate much.
 const MAX_META: usize = 1 << 20;
-const META_VERSION: u8 = 2;
+/// 3 added `stale-if-error`; an object of another version reads as
+/// absent.
+const META_VERSION: u8 = 3;
 /// Read size for objects of the `file://` backend.
 const FILE_CHUNK: usize = 256 * 1024;
 
@@ -929,6 +931,7 @@ const HAS_CACHED_AT: u8 = 1 << 0;
 const NEGATIVE: u8 = 1 << 1;
 const HAS_FRESH_FOR: u8 = 1 << 2;
 const HAS_STALE_FOR: u8 = 1 << 3;
+const HAS_STALE_IF_ERROR: u8 = 1 << 4;
 
 /// Key and metadata as bytes: a version byte, a flag byte, the optional
 /// times as little-endian nanoseconds (since the Unix epoch for
@@ -949,6 +952,9 @@ fn encode_meta(key: &str, meta: &Metadata) -> Vec<u8> {
     if meta.stale_for.is_some() {
         flags |= HAS_STALE_FOR;
     }
+    if meta.stale_if_error.is_some() {
+        flags |= HAS_STALE_IF_ERROR;
+    }
     out.push(META_VERSION);
     out.push(flags);
     if let Some(at) = meta.cached_at {
@@ -959,6 +965,9 @@ fn encode_meta(key: &str, meta: &Metadata) -> Vec<u8> {
     }
     if let Some(stale) = meta.stale_for {
         out.put_u64_le(nanos(stale));
+    }
+    if let Some(grace) = meta.stale_if_error {
+        out.put_u64_le(nanos(grace));
     }
     let put_str = |out: &mut Vec<u8>, s: &str| {
         out.put_u32_le(u32::try_from(s.len()).unwrap_or(u32::MAX));
@@ -1015,6 +1024,9 @@ fn decode_meta(mut raw: &[u8]) -> Option<(String, Metadata)> {
     if flags & HAS_STALE_FOR != 0 {
         meta.stale_for = Some(Duration::from_nanos(u64_le(&mut raw)?));
     }
+    if flags & HAS_STALE_IF_ERROR != 0 {
+        meta.stale_if_error = Some(Duration::from_nanos(u64_le(&mut raw)?));
+    }
     let key = string(&mut raw)?;
     meta.tag = string(&mut raw)?;
     let count = u32_le(&mut raw)?;
@@ -1044,6 +1056,7 @@ mod tests {
             negative: true,
             fresh_for: Some(Duration::from_secs(60)),
             stale_for: Some(Duration::from_millis(1500)),
+            stale_if_error: None,
             attributes: vec![
                 ("content-type".into(), "text/plain".into()),
                 ("é".into(), String::new()),

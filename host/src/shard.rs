@@ -19,6 +19,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use wasmtime::component::{Accessor, ResourceAny};
 use wasmtime::{Store, StoreLimitsBuilder, UpdateDeadline};
 
+use crate::bindings::cache::Conditions as WitConditions;
 use crate::bindings::{cache, scheduler, types};
 use crate::body::{Body, OpenBodies};
 use crate::component::{Loaded, TICK, runtime};
@@ -28,7 +29,7 @@ use crate::imports::{
     ChannelConsumer, CompletionConsumer, FetcherRes, HostState, QueueRes, TierRes,
 };
 use crate::tier::Tier;
-use crate::{Error, GetResponse, Metadata, Result, Source, Status};
+use crate::{Conditions, Error, GetResponse, Metadata, Result, Source, Status};
 
 type Reply<T> = oneshot::Sender<Result<T>>;
 
@@ -53,7 +54,7 @@ pub(crate) enum Command {
     },
     Get {
         key: String,
-        inm: Option<String>,
+        conditions: Conditions,
         /// The caller's hit path already asked tier 0 whole.
         whole_asked: bool,
         fetcher: SharedFetcher,
@@ -349,11 +350,11 @@ impl Calls<'_> {
         let (key, inm) = match &command {
             Command::Get {
                 key,
-                inm,
+                conditions,
                 whole_asked: false,
                 ..
-            }
-            | Command::Peek {
+            } if conditions.ages_unasked() => (key, &conditions.if_none_match),
+            Command::Peek {
                 key,
                 inm,
                 whole_asked: false,
@@ -398,13 +399,19 @@ impl Calls<'_> {
             }
             Command::Get {
                 key,
-                inm,
+                conditions,
                 fetcher,
                 reply,
                 ..
             } => {
                 let fetcher = a.with(|mut s| s.get().table.push(FetcherRes(fetcher)))?;
-                let response = match calls.call_get(a, cache, key, inm, fetcher).await? {
+                let conditions = WitConditions {
+                    if_none_match: conditions.if_none_match,
+                    max_age: conditions.max_age,
+                    min_fresh: conditions.min_fresh,
+                    max_stale: conditions.max_stale,
+                };
+                let response = match calls.call_get(a, cache, key, conditions, fetcher).await? {
                     Ok(response) => Ok(self.response(response)?),
                     Err(e) => Err(e.into()),
                 };

@@ -107,6 +107,7 @@ pub fn rich_meta(tag: &str) -> Metadata {
         negative: false,
         fresh_for: Some(Duration::from_millis(60_500)),
         stale_for: Some(Duration::new(3, 7)),
+        stale_if_error: Some(Duration::new(9, 11)),
         attributes: vec![
             ("content-type".into(), "application/octet-stream".into()),
             ("x-ünïcode".into(), "值".into()),

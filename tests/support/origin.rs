@@ -49,6 +49,10 @@ pub enum Route {
     /// 200 with a body of `len` bytes made as it is sent, 64 KiB at a
     /// time, [`pattern`] from offset 0, and its `Content-Length`.
     Sized { len: u64 },
+    /// 200 whose body is the request's value of `field` (`-` without
+    /// one), with `Vary: field` and `Cache-Control: max-age=600`: content
+    /// negotiation.
+    Negotiated { field: String },
 }
 
 /// Length of [`pattern`]'s period: a prime, so no chunk size lines up
@@ -263,6 +267,16 @@ async fn answer(
     let response = match route {
         None => status(404),
         Some(Route::Status(code)) => status(code),
+        Some(Route::Negotiated { field }) => {
+            let value = headers
+                .get(field.as_str())
+                .map_or("-".to_owned(), |v| v.to_str().unwrap_or("?").to_owned());
+            let mut response = Response::new(full(Bytes::from(value)));
+            let headers = response.headers_mut();
+            headers.insert(header::VARY, field.parse().unwrap());
+            headers.insert(header::CACHE_CONTROL, "max-age=600".parse().unwrap());
+            response
+        }
         Some(Route::Echo) => {
             let mut response = Response::new(full(Bytes::from(target.clone())));
             response

@@ -146,6 +146,7 @@ fn meta(tag: &str) -> Metadata {
         negative: false,
         fresh_for: Some(Duration::from_secs(300)),
         stale_for: Some(Duration::from_secs(30)),
+        stale_if_error: None,
         attributes: vec![
             ("content-type".into(), "text/plain; charset=utf-8".into()),
             ("x-note".into(), "naïve: 다람쥐".into()),

@@ -670,8 +670,8 @@ async fn stores_count_the_metadata_when_saying_what_they_would_keep() {
 }
 
 fn file_size(key: &str, body_len: usize) -> u64 {
-    // Header, key, metadata (`Metadata::default()` encodes to 12 bytes), body.
-    (32 + key.len() + 12 + body_len) as u64
+    // Header, key, metadata (`Metadata::default()` encodes to 13 bytes), body.
+    (32 + key.len() + 13 + body_len) as u64
 }
 
 #[tokio::test]

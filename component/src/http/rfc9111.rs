@@ -5,7 +5,7 @@
 //! other clients. Plain text in, plain values out: every home converts its
 //! own HTTP library's header map to [`Fields`] and calls these.
 
-use crate::Metadata;
+use crate::{Conditions, Metadata};
 
 /// Header fields as text, in the order received: names in any case, one
 /// pair per field line. A value that is not UTF-8 is left out by the
@@ -125,6 +125,9 @@ pub struct Directives {
     pub min_fresh: Option<Delta>,
     /// `only-if-cached` (request).
     pub only_if_cached: bool,
+    /// `must-understand`: stored only when the status is understood, and
+    /// then whatever `no-store` says.
+    pub must_understand: bool,
     /// At least one directive was read.
     pub present: bool,
 }
@@ -193,6 +196,7 @@ impl Directives {
                 "max-stale" => d.max_stale = Some(value.map(|v| Delta::parse(Some(v)))),
                 "min-fresh" => d.min_fresh = Some(Delta::parse(value)),
                 "only-if-cached" => d.only_if_cached = true,
+                "must-understand" => d.must_understand = true,
                 _ => {}
             }
         }
@@ -346,6 +350,10 @@ pub struct Policy {
     /// `stale-while-revalidate` may be served while it is revalidated, in
     /// seconds (nginx `proxy_cache_use_stale updating`). 0: never.
     pub stale_while_revalidate: u64,
+    /// The home keeps the variants of a response with `Vary` apart
+    /// ([`variant_key`], [`variant_fits`]); without it such responses are
+    /// not stored.
+    pub variants: bool,
 }
 
 /// Why a response is not stored.
@@ -364,8 +372,8 @@ pub enum NotStored {
     Authorization,
     /// No freshness, no heuristic, no validator: it could never be reused.
     Useless,
-    /// `Vary`: its variants are not told apart by the cache's key yet, so
-    /// it is not stored rather than handed to a client it does not fit.
+    /// `Vary: *`, or `Vary` in a home that does not keep variants apart:
+    /// not stored rather than handed to a client it does not fit.
     Vary,
 }
 
@@ -383,6 +391,10 @@ pub struct Decision {
     /// It must be revalidated once stale, never served stale
     /// (`must-revalidate`, `proxy-revalidate`, `no-cache`, `s-maxage`).
     pub must_revalidate: bool,
+    /// How long past its lifetime it may be served when the origin fails
+    /// (`stale-if-error`); `Some(0)` when it must be revalidated, `None`
+    /// when the response says nothing (the operator's choice then).
+    pub stale_if_error: Option<u64>,
     /// The lifetime is a heuristic one.
     pub heuristic: bool,
     /// The lifetime is the policy's default: the response stated none and
@@ -421,13 +433,21 @@ pub fn decide(x: &Exchange<'_>, policy: &Policy) -> Decision {
         cc.stale_while_revalidate
             .map_or(policy.stale_while_revalidate, Delta::secs)
     };
+    let stale_if_error = if must_revalidate {
+        Some(0)
+    } else {
+        cc.stale_if_error.map(Delta::secs)
+    };
     let validator = first(x.response, "etag").is_some()
         || first(x.response, "last-modified").is_some_and(|d| parse_date(d).is_some());
     let store = if !matches!(x.method, "GET" | "HEAD") {
         Err(NotStored::Method)
-    } else if !matches!(x.status, 200..=599) || x.status == 206 {
+    } else if !matches!(x.status, 200..=599)
+        || x.status == 206
+        || (cc.must_understand && !understood(x.status))
+    {
         Err(NotStored::Status)
-    } else if cc.no_store {
+    } else if cc.no_store && !(cc.must_understand && understood(x.status)) {
         Err(NotStored::NoStore)
     } else if cc.private {
         Err(NotStored::Private)
@@ -442,7 +462,9 @@ pub fn decide(x: &Exchange<'_>, policy: &Policy) -> Decision {
         || heuristically_cacheable(x.status))
     {
         Err(NotStored::Status)
-    } else if list(x.response, "vary").next().is_some() {
+    } else if list(x.response, "vary").any(|name| name == "*")
+        || (!policy.variants && list(x.response, "vary").next().is_some())
+    {
         Err(NotStored::Vary)
     } else if lifetime <= age && !validator && stale_while_revalidate == 0 {
         Err(NotStored::Useless)
@@ -455,8 +477,61 @@ pub fn decide(x: &Exchange<'_>, policy: &Policy) -> Decision {
         age,
         stale_while_revalidate,
         must_revalidate,
+        stale_if_error,
         heuristic,
         defaulted,
+    }
+}
+
+/// A final status whose semantics the cache knows (RFC 9110 §15): a
+/// response with `must-understand` and any other is not stored (RFC 9111
+/// §5.2.2.3).
+pub fn understood(status: u16) -> bool {
+    matches!(
+        status,
+        200..=206 | 300..=305 | 307 | 308 | 400..=417 | 421 | 422 | 426 | 500..=505
+    )
+}
+
+/// What a request asks of a stored answer (RFC 9111 §5.2.1): its
+/// `If-None-Match`; `no-cache` (or `Pragma: no-cache`) and `max-age` as an
+/// age bound (0: validate first), `min-fresh`, `max-stale` (no value: any
+/// staleness), in ms. `only-if-cached` is read with
+/// [`Directives::of_request`].
+pub fn request_conditions(request: &Fields) -> Conditions {
+    let cc = Directives::of_request(request);
+    let ms = |d: Delta| d.secs().saturating_mul(1000);
+    Conditions {
+        if_none_match: first(request, "if-none-match").map(str::to_owned),
+        max_age: if cc.no_cache {
+            Some(0)
+        } else {
+            cc.max_age.map(ms)
+        },
+        min_fresh: cc.min_fresh.map(ms),
+        max_stale: cc.max_stale.map(|d| d.map_or(u64::MAX, ms)),
+    }
+}
+
+/// Whether a stored response answers a request's `If-Modified-Since`
+/// with 304 (RFC 9111 §4.3.2, RFC 9110 §13.1.3): the request has no
+/// `If-None-Match`, and the stored `Last-Modified` (or, without one, its
+/// `Date`) is no later than the date asked about.
+pub fn not_modified_since(attributes: &[(String, String)], request: &Fields) -> bool {
+    if first(request, "if-none-match").is_some() {
+        return false;
+    }
+    let Some(since) = first(request, "if-modified-since").and_then(parse_date) else {
+        return false;
+    };
+    let stored = |wanted: &str| {
+        stored_fields(attributes)
+            .find(|(name, _)| *name == wanted)
+            .map(|(_, value)| parse_date(value))
+    };
+    match stored("last-modified").or_else(|| stored("date")) {
+        Some(Some(modified)) => modified <= since,
+        _ => false,
     }
 }
 
@@ -594,6 +669,7 @@ pub fn entry_meta_of(status: u16, response: &Fields, decision: &Decision, now_ms
         cached_at: Some(now_ms.saturating_sub(decision.age.saturating_mul(1000))),
         fresh_for: Some(decision.lifetime.saturating_mul(1000)),
         stale_for: Some(decision.stale_while_revalidate.saturating_mul(1000)),
+        stale_if_error: decision.stale_if_error.map(|s| s.saturating_mul(1000)),
         ..Metadata::default()
     };
     if status != 200 {
@@ -612,10 +688,23 @@ pub fn entry_meta_of(status: u16, response: &Fields, decision: &Decision, now_ms
 
 /// The fields of a stored response once a 304 confirmed it (RFC 9111
 /// §4.3.4): each field the 304 carries that a stored response keeps
-/// replaces the stored ones of its name; the others stay. The entry's tag
-/// counts as its `ETag`.
+/// replaces the stored ones of its name; the others stay. Those that
+/// describe the stored body as it is (`ETag`, `Content-Encoding`,
+/// `Content-Length`, `Content-MD5`, `Content-Range`) are never replaced:
+/// the body is not. The entry's tag counts as its `ETag`.
 pub fn merged_fields(meta: &Metadata, not_modified: &Fields) -> Vec<(String, String)> {
-    let update = kept_fields(not_modified);
+    let mut update = kept_fields(not_modified);
+    update.retain(|(name, _)| {
+        ![
+            "etag",
+            "content-encoding",
+            "content-length",
+            "content-md5",
+            "content-range",
+        ]
+        .iter()
+        .any(|kept| name.eq_ignore_ascii_case(kept))
+    });
     let mut merged: Vec<(String, String)> = Vec::new();
     if !meta.tag.is_empty() {
         merged.push(("etag".to_owned(), meta.tag.clone()));
@@ -639,6 +728,104 @@ pub fn fields_to_send(
         !(matches!(*name, "etag" | "age" | "cache-status" | "content-length")
             || (not_modified && name.starts_with("content-")))
     })
+}
+
+/// The entry attribute holding the request fields a stored response's
+/// `Vary` names, as the request that fetched it sent them
+/// ([`vary_values`]).
+pub const VARY_ATTR: &str = ":vary";
+
+/// The entry attribute naming the set of variants a stored response
+/// heads: variants are kept under keys that carry it ([`variant_key`]),
+/// so that a new response fetched for the URL (after an invalidation)
+/// leaves every older variant unreachable. A 304 keeps it.
+pub const VARIANTS_ATTR: &str = ":variants";
+
+/// The values of the request fields that `vary` (a response's `Vary`
+/// members) names, normalized (members trimmed, lines joined, white space
+/// inside a member collapsed): `name:value` lines in `Vary`'s order.
+pub fn vary_values<'a>(vary: impl Iterator<Item = &'a str>, request: &Fields) -> String {
+    let mut out = String::new();
+    for name in vary {
+        let name = name.trim().to_ascii_lowercase();
+        if name.is_empty() {
+            continue;
+        }
+        out.push_str(&name);
+        out.push(':');
+        let mut members = list(request, &name).peekable();
+        while let Some(member) = members.next() {
+            out.push_str(&member.split_whitespace().collect::<Vec<_>>().join(" "));
+            if members.peek().is_some() {
+                out.push(',');
+            }
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// The `Vary` members of a stored response, from its entry's attributes.
+fn stored_vary(attributes: &[(String, String)]) -> impl Iterator<Item = &str> {
+    stored_fields(attributes)
+        .filter(|(name, _)| *name == "vary")
+        .flat_map(|(_, value)| split_list(value))
+}
+
+/// Whether a stored response may answer `request` as far as its `Vary`
+/// goes (RFC 9111 §4.1): it has none, or the fields it names have the
+/// values the request that fetched it sent.
+pub fn variant_fits(attributes: &[(String, String)], request: &Fields) -> bool {
+    if stored_vary(attributes).next().is_none() {
+        return true;
+    }
+    let kept = attributes
+        .iter()
+        .find(|(k, _)| k == VARY_ATTR)
+        .map(|(_, v)| v.as_str());
+    kept == Some(vary_values(stored_vary(attributes), request).as_str())
+}
+
+/// The cache key of the variant of `base` that `request` selects, when
+/// the stored response at `base` (with `attributes`) varies and does not
+/// fit the request; `None` when it fits.
+pub fn variant_key(
+    base: &str,
+    attributes: &[(String, String)],
+    request: &Fields,
+) -> Option<String> {
+    if variant_fits(attributes, request) {
+        return None;
+    }
+    let set = attributes
+        .iter()
+        .find(|(k, _)| k == VARIANTS_ATTR)
+        .map_or("", |(_, v)| v.as_str());
+    Some(format!(
+        "{base} vary {set}\n{}",
+        vary_values(stored_vary(attributes), request)
+    ))
+}
+
+/// Add to the metadata of a response that varies what telling its
+/// variants apart needs: the request's values of the fields its `Vary`
+/// names, and the set of variants it heads (`set`: the held entry's on a
+/// 304, else a new one).
+pub fn mark_variant(meta: &mut Metadata, request: &Fields, set: impl FnOnce() -> String) {
+    if stored_vary(&meta.attributes).next().is_none() {
+        return;
+    }
+    let values = vary_values(stored_vary(&meta.attributes), request);
+    meta.attributes.push((VARY_ATTR.to_owned(), values));
+    meta.attributes.push((VARIANTS_ATTR.to_owned(), set()));
+}
+
+/// The set of variants an entry heads ([`VARIANTS_ATTR`]), if it varies.
+pub fn variant_set(attributes: &[(String, String)]) -> Option<&str> {
+    attributes
+        .iter()
+        .find(|(k, _)| k == VARIANTS_ATTR)
+        .map(|(_, v)| v.as_str())
 }
 
 /// The stored fields of an entry, from its attributes, as `(name, value)`.
@@ -859,6 +1046,167 @@ mod tests {
     }
 
     #[test]
+    fn stale_if_error_is_the_responses_own_and_forbidden_where_it_must_revalidate() {
+        let d = decide_at(
+            200,
+            &[("Cache-Control", "max-age=5, stale-if-error=60")],
+            &[],
+        );
+        assert_eq!(d.stale_if_error, Some(60));
+        let meta = entry_meta(&fields(&[]), &d, 1_000_000);
+        assert_eq!(meta.stale_if_error, Some(60_000));
+        assert_eq!(
+            decide_at(200, &[("Cache-Control", "max-age=5")], &[]).stale_if_error,
+            None
+        );
+        for strict in [
+            "must-revalidate",
+            "proxy-revalidate",
+            "no-cache",
+            "s-maxage=5",
+        ] {
+            let cc = format!("max-age=5, stale-if-error=60, {strict}");
+            let d = decide_at(
+                200,
+                &[("Cache-Control", cc.as_str()), ("ETag", "\"e\"")],
+                &[],
+            );
+            assert_eq!(d.stale_if_error, Some(0), "{strict}");
+        }
+    }
+
+    #[test]
+    fn variants_are_told_apart_by_the_fields_vary_names() {
+        let response = fields(&[("Vary", "Accept-Encoding, X-Lang"), ("ETag", "\"a\"")]);
+        let decision = decide_at(200, &[("Cache-Control", "max-age=60")], &[]);
+        let mut meta = entry_meta(&response, &decision, 0);
+        let gzip = fields(&[("accept-encoding", "gzip,  br"), ("X-Lang", "en")]);
+        mark_variant(&mut meta, &gzip, || "set1".into());
+        assert!(variant_fits(&meta.attributes, &gzip));
+        // Lines joined and spaces inside a member do not make a new variant.
+        let same = fields(&[
+            ("Accept-Encoding", "gzip"),
+            ("Accept-Encoding", "br"),
+            ("x-lang", "en"),
+        ]);
+        assert!(variant_fits(&meta.attributes, &same));
+        assert_eq!(variant_key("/a", &meta.attributes, &same), None);
+        let other = fields(&[("Accept-Encoding", "identity"), ("X-Lang", "en")]);
+        let absent = fields(&[("X-Lang", "en")]);
+        assert!(!variant_fits(&meta.attributes, &other));
+        let key = variant_key("/a", &meta.attributes, &other).unwrap();
+        assert!(key.starts_with("/a vary set1\n"), "{key}");
+        assert_ne!(Some(key), variant_key("/a", &meta.attributes, &absent));
+        // A response without Vary fits every request and gets no marks.
+        let mut plain = entry_meta(&fields(&[]), &decision, 0);
+        mark_variant(&mut plain, &gzip, || unreachable!());
+        assert!(plain.attributes.is_empty() && variant_fits(&plain.attributes, &other));
+    }
+
+    #[test]
+    fn must_understand_keeps_unknown_statuses_out_and_overrides_no_store() {
+        let cc = [("Cache-Control", "max-age=60, no-store, must-understand")];
+        assert_eq!(decide_at(200, &cc, &[]).store, Ok(()));
+        assert_eq!(decide_at(599, &cc, &[]).store, Err(NotStored::Status));
+        let cc = [("Cache-Control", "max-age=60, must-understand")];
+        assert_eq!(decide_at(599, &cc, &[]).store, Err(NotStored::Status));
+        assert_eq!(decide_at(404, &cc, &[]).store, Ok(()));
+        assert_eq!(
+            decide_at(200, &[("Cache-Control", "max-age=60, no-store")], &[]).store,
+            Err(NotStored::NoStore)
+        );
+    }
+
+    #[test]
+    fn request_directives_become_the_callers_conditions() {
+        let asks = |pairs: &[(&str, &str)]| request_conditions(&fields(pairs));
+        assert_eq!(asks(&[]), Conditions::default());
+        let c = asks(&[("Cache-Control", "max-age=5, min-fresh=2, max-stale=7")]);
+        assert_eq!(
+            (c.max_age, c.min_fresh, c.max_stale),
+            (Some(5_000), Some(2_000), Some(7_000))
+        );
+        assert_eq!(
+            asks(&[("Cache-Control", "max-stale")]).max_stale,
+            Some(u64::MAX)
+        );
+        assert_eq!(asks(&[("Cache-Control", "no-cache")]).max_age, Some(0));
+        assert_eq!(asks(&[("Pragma", "no-cache")]).max_age, Some(0));
+        // Pragma counts only without Cache-Control (RFC 9111 §5.4).
+        assert_eq!(
+            asks(&[("Pragma", "no-cache"), ("Cache-Control", "max-stale=1")]).max_age,
+            None
+        );
+        assert_eq!(
+            asks(&[("If-None-Match", "\"a\"")]).if_none_match.as_deref(),
+            Some("\"a\"")
+        );
+        let d = Directives::of_request(&fields(&[("Cache-Control", "only-if-cached")]));
+        assert!(d.only_if_cached);
+    }
+
+    #[test]
+    fn if_modified_since_is_answered_by_last_modified_else_date() {
+        let attrs = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+            pairs
+                .iter()
+                .map(|(n, v)| (format!("{FIELD_ATTR}{n}"), (*v).to_owned()))
+                .collect()
+        };
+        let lm = attrs(&[("last-modified", &date(-100)), ("date", &date(0))]);
+        let since = |when: i64| fields(&[("If-Modified-Since", &date(when))]);
+        assert!(not_modified_since(&lm, &since(-100)));
+        assert!(!not_modified_since(&lm, &since(-101)));
+        // If-None-Match wins: the date is not looked at.
+        let both = fields(&[("If-Modified-Since", &date(0)), ("If-None-Match", "\"x\"")]);
+        assert!(!not_modified_since(&lm, &both));
+        let dated = attrs(&[("date", &date(-50))]);
+        assert!(not_modified_since(&dated, &since(-50)));
+        assert!(!not_modified_since(&dated, &since(-51)));
+        assert!(!not_modified_since(&attrs(&[]), &since(0)));
+        assert!(!not_modified_since(
+            &lm,
+            &fields(&[("If-Modified-Since", "yesterday")])
+        ));
+    }
+
+    #[test]
+    fn a_304_never_replaces_the_validator_or_what_describes_the_stored_body() {
+        let stored = Metadata {
+            tag: "\"a\"".into(),
+            attributes: vec![
+                ("h:content-encoding".into(), "gzip".into()),
+                ("h:content-md5".into(), "old".into()),
+                ("h:x-kept".into(), "1".into()),
+            ],
+            ..Metadata::default()
+        };
+        let merged = merged_fields(
+            &stored,
+            &fields(&[
+                ("ETag", "\"b\""),
+                ("Content-Encoding", "br"),
+                ("Content-MD5", "new"),
+                ("Content-Length", "9"),
+                ("Content-Range", "bytes 0-1/2"),
+                ("X-Kept", "2"),
+            ]),
+        );
+        let value = |name: &str| {
+            merged
+                .iter()
+                .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.as_str())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(value("etag"), ["\"a\""]);
+        assert_eq!(value("content-encoding"), ["gzip"]);
+        assert_eq!(value("content-md5"), ["old"]);
+        assert!(value("content-length").is_empty() && value("content-range").is_empty());
+        assert_eq!(value("x-kept"), ["2"]);
+    }
+
+    #[test]
     fn an_age_that_is_not_one_delta_seconds_makes_the_response_stale() {
         let at = |ages: &[&str]| {
             let mut r = vec![("Cache-Control", "max-age=3600")];
@@ -939,6 +1287,27 @@ mod tests {
     fn a_response_that_varies_is_not_stored() {
         let r = [("Cache-Control", "max-age=60"), ("Vary", "Accept-Encoding")];
         assert_eq!(decide_at(200, &r, &[]).store, Err(NotStored::Vary));
+        let keeps_variants = Policy {
+            variants: true,
+            ..Policy::default()
+        };
+        let x = |vary| {
+            let response = fields(&[("Cache-Control", "max-age=60"), ("Vary", vary)]);
+            decide(
+                &Exchange {
+                    method: "GET",
+                    request: &[],
+                    status: 200,
+                    response: &response,
+                    request_time: 0,
+                    response_time: 0,
+                },
+                &keeps_variants,
+            )
+            .store
+        };
+        assert_eq!(x("Accept-Encoding"), Ok(()));
+        assert_eq!(x("Accept-Encoding, *"), Err(NotStored::Vary));
     }
 
     #[test]

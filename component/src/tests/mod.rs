@@ -439,6 +439,83 @@ fn stale_if_error_ends_with_its_window() {
 }
 
 #[test]
+fn an_entry_that_must_be_revalidated_is_never_served_for_an_error() {
+    let config = Config {
+        fresh_for: 1_000,
+        stale_if_error: 60_000,
+        ..Config::default()
+    };
+    let mut h = Harness::with_config(1, config);
+    let now = h.rt.now_ms();
+    let mut meta = expired("v1", now - 5_000);
+    meta.stale_if_error = Some(0);
+    h.tiers[0].put("k", meta, b"must revalidate");
+    let origin = MockOrigin::replying([Reply::Fail]);
+    assert!(matches!(h.get("k", &origin), Err(Error::Origin(_))));
+    // Its own window wins over the cache's, both ways.
+    let config = Config {
+        fresh_for: 1_000,
+        ..Config::default()
+    };
+    let mut h = Harness::with_config(1, config);
+    let now = h.rt.now_ms();
+    let mut meta = expired("v1", now - 5_000);
+    meta.stale_if_error = Some(60_000);
+    h.tiers[0].put("k", meta, b"allowed");
+    let origin = MockOrigin::replying([Reply::Fail]);
+    let r = h.get("k", &origin).unwrap();
+    assert!(r.stale);
+    assert_eq!(h.run(read_body(r.body)).unwrap(), b"allowed");
+}
+
+#[test]
+fn a_caller_too_strict_for_a_fresh_entry_has_it_validated_first() {
+    let mut h = Harness::new(1);
+    let now = h.rt.now_ms();
+    let mut meta = Metadata {
+        tag: "v1".into(),
+        cached_at: Some(now - 2_000),
+        fresh_for: Some(60_000),
+        ..Metadata::default()
+    };
+    h.tiers[0].put("k", meta.clone(), b"held");
+    let origin = MockOrigin::replying([Reply::NotModified]);
+    let engine = h.engine.clone();
+    // Young enough: served, the origin not asked.
+    let young = Conditions {
+        max_age: Some(5_000),
+        ..Conditions::default()
+    };
+    let r = h.run(engine.get_with("k", &young, origin.clone())).unwrap();
+    assert_eq!((r.source, origin.calls()), (Source::Tier(0), 0));
+    drop(r);
+    // no-cache: validated, then served from the tier it was in.
+    let no_cache = Conditions {
+        max_age: Some(0),
+        ..Conditions::default()
+    };
+    let r = h
+        .run(engine.get_with("k", &no_cache, origin.clone()))
+        .unwrap();
+    assert_eq!(origin.calls(), 1);
+    assert_eq!(h.run(read_body(r.body)).unwrap(), b"held");
+    // max-stale: an expired entry answered without waiting for the origin.
+    meta.cached_at = Some(now - 70_000);
+    meta.stale_for = Some(0);
+    h.tiers[0].put("s", meta, b"old");
+    let stale_ok = Conditions {
+        max_stale: Some(20_000),
+        ..Conditions::default()
+    };
+    let origin = MockOrigin::replying([Reply::Fail]);
+    let r = h
+        .run(engine.get_with("s", &stale_ok, origin.clone()))
+        .unwrap();
+    assert!(r.stale);
+    assert_eq!(h.run(read_body(r.body)).unwrap(), b"old");
+}
+
+#[test]
 fn body_that_breaks_off_is_not_cached() {
     let mut h = Harness::new(1);
     let origin = MockOrigin::replying([Reply::Body {

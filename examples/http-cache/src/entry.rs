@@ -3,14 +3,15 @@
 //! length) then the body.
 //!
 //! ```text
-//! "DJE1" | u32 rest-length | u32 meta-length | metadata | u32 key-length | key | u64 body-length | body
+//! "DJE2" | u32 rest-length | u32 meta-length | metadata | u32 key-length | key | u64 body-length | body
 //! ```
 
 use daramjwee_component::{Decoder, Metadata};
 use sha2::{Digest, Sha256};
 
-/// Identifies the layout; a new layout gets a new magic.
-const MAGIC: &[u8; 4] = b"DJE1";
+/// Identifies the layout; a new layout gets a new magic, so an entry of
+/// an older one reads as a miss ("DJE1" lacked `stale-if-error`).
+const MAGIC: &[u8; 4] = b"DJE2";
 
 /// Bytes before the metadata: magic and header length.
 const PREFIX: usize = 8;

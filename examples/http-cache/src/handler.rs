@@ -81,6 +81,8 @@ impl<T: Tier<Body = EdgeBody>> EdgeCache<T> {
                 // `fresh_for`, as before the RFC's rules were shared.
                 default_ttl: self.settings.engine.fresh_for / 1000,
                 stale_while_revalidate: 0,
+                // One entry a URL: a response that varies is not stored.
+                variants: false,
             },
             Rc::clone(&forward),
         );

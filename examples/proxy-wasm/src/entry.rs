@@ -21,11 +21,14 @@ pub struct Entry {
     pub body: Arc<[u8]>,
 }
 
-const MAGIC: &[u8; 4] = b"DJW1";
+/// A new layout gets a new magic, so a value of an older one reads as
+/// absent ("DJW1" lacked `stale-if-error`).
+const MAGIC: &[u8; 4] = b"DJW2";
 const NEGATIVE: u8 = 1;
 const CACHED_AT: u8 = 2;
 const FRESH_FOR: u8 = 4;
 const STALE_FOR: u8 = 8;
+const STALE_IF_ERROR: u8 = 16;
 
 impl Entry {
     /// Bytes this entry costs a tier under `key`.
@@ -60,13 +63,14 @@ impl Entry {
             (CACHED_AT, m.cached_at.is_some()),
             (FRESH_FOR, m.fresh_for.is_some()),
             (STALE_FOR, m.stale_for.is_some()),
+            (STALE_IF_ERROR, m.stale_if_error.is_some()),
         ] {
             if on {
                 flags |= bit;
             }
         }
         out.push(flags);
-        for v in [m.cached_at, m.fresh_for, m.stale_for]
+        for v in [m.cached_at, m.fresh_for, m.stale_for, m.stale_if_error]
             .into_iter()
             .flatten()
         {
@@ -90,7 +94,7 @@ impl Entry {
             return Err(Error::Decode("not a daramjwee entry"));
         }
         let flags = r.take(1)?[0];
-        if flags & !(NEGATIVE | CACHED_AT | FRESH_FOR | STALE_FOR) != 0 {
+        if flags & !(NEGATIVE | CACHED_AT | FRESH_FOR | STALE_FOR | STALE_IF_ERROR) != 0 {
             return Err(Error::Decode("unknown flags"));
         }
         let mut time = |bit| -> Result<Option<u64>> {
@@ -102,6 +106,7 @@ impl Entry {
         let cached_at = time(CACHED_AT)?;
         let fresh_for = time(FRESH_FOR)?;
         let stale_for = time(STALE_FOR)?;
+        let stale_if_error = time(STALE_IF_ERROR)?;
         let tag = r.text()?;
         let count = u32::from_le_bytes(r.array()?);
         let mut attributes = Vec::new();
@@ -123,6 +128,7 @@ impl Entry {
                 negative: flags & NEGATIVE != 0,
                 fresh_for,
                 stale_for,
+                stale_if_error,
                 attributes,
             },
             body: body.into(),
@@ -176,6 +182,7 @@ mod tests {
                 negative: false,
                 fresh_for: Some(5_000),
                 stale_for: None,
+                stale_if_error: Some(0),
                 attributes: vec![("content-type".into(), "text/plain".into())],
             },
             body: Arc::from(&b"hello"[..]),

@@ -289,6 +289,8 @@ impl Head {
             &Policy {
                 default_ttl: settings.fresh_for / 1000,
                 stale_while_revalidate: settings.stale_while_revalidate / 1000,
+                // One entry a URL: a response that varies is not stored.
+                variants: false,
             },
         )
     }
@@ -337,6 +339,7 @@ pub fn entry_for(kind: Kind, head: &Head, body: &[u8], now: u64, settings: &Sett
                 cached_at: Some(cached_at),
                 // Always bounded, so `classify` ends the stale window.
                 stale_for: windows.stale_for,
+                stale_if_error: windows.stale_if_error,
                 ..Metadata::default()
             };
             if let Some(ct) = &head.content_type {
@@ -526,6 +529,7 @@ pub fn refreshed(
             if head.cache_control.is_none() {
                 fresh.meta.fresh_for = old.meta.fresh_for;
                 fresh.meta.stale_for = old.meta.stale_for;
+                fresh.meta.stale_if_error = old.meta.stale_if_error;
             }
             Outcome::Replace(fresh)
         }

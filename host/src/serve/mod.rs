@@ -108,6 +108,7 @@ impl Server {
             policy: Policy {
                 default_ttl: config.fresh_for.as_secs(),
                 stale_while_revalidate: config.stale_while_revalidate.as_secs(),
+                variants: true,
             },
         });
         let listener = bind("listen", config.listen).await?;

@@ -6,6 +6,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -25,7 +26,7 @@ use daramjwee_component::http::rfc9111::{self, Decision, Exchange, Policy};
 use daramjwee_component::http::{
     CACHE_STATUS, Forward as Outcome, Served, cache_status as status_line, failure_status,
 };
-use daramjwee_component::{Freshness, classify};
+use daramjwee_component::{Conditions, Freshness, classify};
 
 /// Body of every response the proxy sends.
 pub type ProxyBody = UnsyncBoxBody<Bytes, std::io::Error>;
@@ -182,6 +183,8 @@ struct HttpOrigin {
     request: HeaderMap,
     peer: Option<Peer>,
     policy: Policy,
+    /// The client said `only-if-cached`: the origin is not asked.
+    cached_only: bool,
     trip: Arc<Mutex<Trip>>,
 }
 
@@ -197,8 +200,15 @@ impl HttpOrigin {
 /// through (it is in `passed`).
 const PASSED: &str = "the origin's answer passes through";
 
+/// The message of the error that tells an `only-if-cached` request that
+/// the cache holds nothing it may answer with.
+const NOT_CACHED: &str = "only-if-cached: nothing stored answers the request";
+
 impl Fetcher for HttpOrigin {
     async fn fetch(&self, _key: &str, held: Option<&Metadata>) -> Result<FetchResult> {
+        if self.cached_only {
+            return Err(Error::Origin(NOT_CACHED.into()));
+        }
         self.record(|t| t.outcome.fetched = true);
         let url = origin_url(&self.origin, &self.key).map_err(Error::Origin)?;
         let request_fields = text_fields(&self.request);
@@ -266,11 +276,10 @@ impl Fetcher for HttpOrigin {
                 },
                 &self.policy,
             );
-            return Ok(FetchResult::Revalidated(meta_of(
-                stored_status,
-                &merged,
-                &decision,
-            )));
+            let mut meta = rfc9111::entry_meta_of(stored_status, &merged, &decision, now_ms());
+            let set = rfc9111::variant_set(&held.attributes).map(str::to_owned);
+            rfc9111::mark_variant(&mut meta, &request_fields, || set.unwrap_or_else(new_set));
+            return Ok(FetchResult::Revalidated(meta.into()));
         }
         let decision = rfc9111::decide(
             &Exchange {
@@ -307,8 +316,10 @@ impl Fetcher for HttpOrigin {
             }
             _ if (stored && !negative) || status == StatusCode::OK => {
                 self.record(|t| t.outcome.no_store = !stored);
+                let mut meta = rfc9111::entry_meta_of(code, &fields, &decision, now_ms());
+                rfc9111::mark_variant(&mut meta, &request_fields, new_set);
                 Ok(FetchResult::Body {
-                    meta: meta_of(code, &fields, &decision),
+                    meta: meta.into(),
                     size: response.content_length(),
                     body: Box::pin(response.bytes_stream().map_err(move |e| {
                         Error::Origin(format!("the body of {url} broke off: {e}"))
@@ -327,13 +338,28 @@ impl Fetcher for HttpOrigin {
     }
 }
 
+/// Milliseconds since the epoch.
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A name for the set of variants a response that varies heads: unique
+/// to this fetch.
+fn new_set() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{:x}.{:x}",
+        now_ms(),
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    )
+}
+
 /// The entry metadata of a response of `status` with `fields`, as the
 /// rules decide.
 fn meta_of(status: u16, fields: &rfc9111::Fields, decision: &Decision) -> Metadata {
-    let now_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
-    rfc9111::entry_meta_of(status, fields, decision, now_ms).into()
+    rfc9111::entry_meta_of(status, fields, decision, now_ms()).into()
 }
 
 /// Serve one request on the proxy listener. Never fails: every problem
@@ -488,22 +514,74 @@ fn unreachable_origin(why: &str, timed_out: bool) -> Response<ProxyBody> {
 }
 
 async fn get(state: &State, key: &str, request: &Request<Incoming>) -> Response<ProxyBody> {
-    let inm = request
-        .headers()
-        .get(header::IF_NONE_MATCH)
-        .and_then(|v| v.to_str().ok());
-    let trip = Arc::new(Mutex::new(Trip::default()));
-    let origin = HttpOrigin {
-        client: state.client.clone(),
-        origin: state.origin.clone(),
-        key: key.to_owned(),
-        timeout: state.origin_timeout,
-        request: request.headers().clone(),
-        peer: request.extensions().get().copied(),
-        policy: state.policy.clone(),
-        trip: Arc::clone(&trip),
+    let headers = request.headers();
+    // What the request asks of a stored answer, read only when it asks
+    // anything beyond `If-None-Match` (a hit stays a header lookup).
+    let asks = headers.contains_key(header::CACHE_CONTROL)
+        || headers.contains_key(header::PRAGMA)
+        || headers.contains_key(header::IF_MODIFIED_SINCE);
+    let mut request_fields = if asks {
+        text_fields(headers)
+    } else {
+        Vec::new()
     };
-    let result = state.cache.get_if_none_match(key, inm, origin).await;
+    let (conditions, cached_only) = if asks {
+        (
+            rfc9111::request_conditions(&request_fields),
+            rfc9111::Directives::of_request(&request_fields).only_if_cached,
+        )
+    } else {
+        let inm = headers
+            .get(header::IF_NONE_MATCH)
+            .and_then(|v| v.to_str().ok());
+        (Conditions::if_none_match(inm), false)
+    };
+    // The URL's entry, or, when what is stored there varies and was
+    // fetched for other values of the fields its `Vary` names, the
+    // variant this request selects, under a key of its own.
+    let mut entry_key = key.to_owned();
+    let mut hops = 0;
+    let stale_asked = conditions.max_stale.is_some();
+    let (result, trip) = loop {
+        let trip = Arc::new(Mutex::new(Trip::default()));
+        let origin = HttpOrigin {
+            client: state.client.clone(),
+            origin: state.origin.clone(),
+            key: key.to_owned(),
+            timeout: state.origin_timeout,
+            request: headers.clone(),
+            peer: request.extensions().get().copied(),
+            policy: state.policy.clone(),
+            cached_only,
+            trip: Arc::clone(&trip),
+        };
+        let result = state
+            .cache
+            .get_with(&entry_key, conditions.clone(), origin)
+            .await;
+        if let Ok(found) = &result
+            && found.status != Status::NotFound
+            && hops < 2
+            && rfc9111::stored_fields(&found.meta.attributes).any(|(name, _)| name == "vary")
+        {
+            if !asks && request_fields.is_empty() {
+                request_fields = text_fields(headers);
+            }
+            if let Some(variant) =
+                rfc9111::variant_key(key, &found.meta.attributes, &request_fields)
+            {
+                hops += 1;
+                if variant == entry_key {
+                    // The variant's own entry no longer fits (its `Vary`
+                    // changed): fetch it anew.
+                    let _ = state.cache.delete(&entry_key).await;
+                }
+                entry_key = variant;
+                continue;
+            }
+        }
+        break (result, trip);
+    };
     let outcome = trip.lock().map(|t| t.outcome.clone()).unwrap_or_default();
     let response = match result {
         Ok(response) => response,
@@ -516,10 +594,17 @@ async fn get(state: &State, key: &str, request: &Request<Incoming>) -> Response<
                 }
                 return response;
             }
+            if matches!(&e, Error::Origin(why) if why == NOT_CACHED) {
+                let mut response = text(StatusCode::GATEWAY_TIMEOUT, &format!("{NOT_CACHED}\n"));
+                if let Ok(value) = HeaderValue::from_str(&failure_status("not-cached", &outcome)) {
+                    response.headers_mut().insert(CACHE_STATUS, value);
+                }
+                return response;
+            }
             return failure(&e, &outcome);
         }
     };
-    let cache_status = cache_status(&response, &outcome, state.window_ms);
+    let cache_status = cache_status(&response, &outcome, state.window_ms, stale_asked);
     let metrics = &state.metrics;
     match response.source {
         Source::Tier(i) if !outcome.fetched => metrics.hit(i),
@@ -536,18 +621,29 @@ async fn get(state: &State, key: &str, request: &Request<Incoming>) -> Response<
     // Bodies the cache holds come fast; a miss's only as fast as the
     // origin sends it, so it streams whatever its size.
     let held = matches!(response.source, Source::Tier(_)) && !outcome.fetched;
-    // A body being stored ends (and the client sees it end) only once the
-    // entry is published, so that the client's next request finds it: its
-    // length goes unsaid, since with a `Content-Length` the client would
-    // take its last byte for the end.
-    let length_said = !response.stored;
     let GetResponse {
         status,
         meta,
-        body,
+        mut body,
         source,
         ..
     } = response;
+    // A client's `If-Modified-Since` that the stored `Last-Modified`
+    // answers: 304, the body (of a fill, still read to its end) not sent.
+    let status = if status == Status::Ok
+        && asks
+        && rfc9111::stored_status(&meta.attributes) == 200
+        && rfc9111::not_modified_since(&meta.attributes, &request_fields)
+    {
+        if let Some(body) = body.take() {
+            tokio::spawn(async move {
+                let _ = body.bytes().await;
+            });
+        }
+        Status::NotModified
+    } else {
+        status
+    };
     let mut builder = Response::builder().status(match status {
         Status::Ok => {
             StatusCode::from_u16(rfc9111::stored_status(&meta.attributes)).unwrap_or(StatusCode::OK)
@@ -587,7 +683,10 @@ async fn get(state: &State, key: &str, request: &Request<Incoming>) -> Response<
         None if status == Status::NotFound => full("not found\n"),
         None => empty(),
         Some(body) => {
-            if let Some(size) = body.size().filter(|_| length_said) {
+            // A body being stored holds back its last bytes until the
+            // entry is published, so that a client which reads the
+            // stated length and asks again finds the entry.
+            if let Some(size) = body.size() {
                 builder = builder.header(header::CONTENT_LENGTH, size);
             }
             if request.method() == Method::HEAD {
@@ -630,16 +729,21 @@ async fn get(state: &State, key: &str, request: &Request<Incoming>) -> Response<
 }
 
 /// The `Cache-Status` of an answer from the cache.
-fn cache_status(response: &GetResponse, outcome: &Outcome, window_ms: u64) -> String {
+fn cache_status(
+    response: &GetResponse,
+    outcome: &Outcome,
+    window_ms: u64,
+    stale_asked: bool,
+) -> String {
     let served = match response.source {
         Source::Origin => Served::Origin,
         Source::Joined => Served::Joined,
-        // Past its stale bound, a stale answer can only be the origin
-        // failing.
+        // Past its stale bound, a stale answer is the origin failing, or
+        // the client's `max-stale` (then refreshed behind).
         Source::Tier(index) => Served::Tier {
             index,
             stale: response.stale,
-            expired: response.stale && expired(&response.meta, window_ms),
+            expired: response.stale && !stale_asked && expired(&response.meta, window_ms),
         },
     };
     // `stored` only when the engine writes the body to a tier: not for a
