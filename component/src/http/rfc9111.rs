@@ -340,6 +340,137 @@ pub fn hop_by_hop(fields: &Fields, name: &str) -> bool {
         || list(fields, "connection").any(|named| named.eq_ignore_ascii_case(name))
 }
 
+/// What a cache adds to `Via` (RFC 9110 §7.6.3).
+pub const VIA: &str = "1.1 daramjwee";
+
+/// Whether request field `name` of `request` goes to the origin with it:
+/// end-to-end fields but `Host` (the origin's URL sets it) and `Via`,
+/// `X-Forwarded-For` and `-Proto` (made anew by [`upstream_added`]);
+/// for a fill (`fill`), not the client's own conditions and ranges
+/// either: a fill wants the whole representation, and the cache answers
+/// those.
+pub fn sent_upstream(request: &Fields, name: &str, fill: bool) -> bool {
+    const MADE: [&str; 4] = ["host", "via", "x-forwarded-for", "x-forwarded-proto"];
+    const CLIENTS: [&str; 6] = [
+        "if-none-match",
+        "if-modified-since",
+        "if-match",
+        "if-unmodified-since",
+        "if-range",
+        "range",
+    ];
+    let made = MADE.iter().any(|m| m.eq_ignore_ascii_case(name));
+    let clients = fill && CLIENTS.iter().any(|c| c.eq_ignore_ascii_case(name));
+    !(hop_by_hop(request, name) || made || clients)
+}
+
+/// The fields a proxy adds to a request it passes on (RFC 9110 §7.6.3,
+/// and the de facto `X-Forwarded-*`): `Via` and `X-Forwarded-For` each
+/// appended to what came, `X-Forwarded-Proto` of the client's scheme.
+pub fn upstream_added(
+    request: &Fields,
+    client: Option<&str>,
+    scheme: &str,
+) -> Vec<(String, String)> {
+    let joined = |name: &str| {
+        let earlier: Vec<&str> = list(request, name).collect();
+        (!earlier.is_empty()).then(|| earlier.join(", "))
+    };
+    let mut added = vec![(
+        "via".to_owned(),
+        joined("via").map_or(VIA.to_owned(), |e| format!("{e}, {VIA}")),
+    )];
+    if let Some(client) = client {
+        added.push((
+            "x-forwarded-for".to_owned(),
+            joined("x-forwarded-for").map_or(client.to_owned(), |e| format!("{e}, {client}")),
+        ));
+    }
+    added.push(("x-forwarded-proto".to_owned(), scheme.to_owned()));
+    added
+}
+
+/// Whether the answer `status` to a request of `method` invalidates the
+/// stored responses of its target (and of the same-origin `Location` and
+/// `Content-Location` it names): an unsafe method answered with a success
+/// or a redirect (RFC 9111 §4.4).
+pub fn invalidates(method: &str, status: u16) -> bool {
+    let safe = ["GET", "HEAD", "OPTIONS", "TRACE"]
+        .iter()
+        .any(|m| m.eq_ignore_ascii_case(method));
+    !safe && (200..400).contains(&status)
+}
+
+/// The cache key (request target, without the origin's path prefix)
+/// that `reference`, a response's `Location` or `Content-Location`, names
+/// on the origin `scheme://authority` + `prefix` that answered the request
+/// for `key`: only the same origin is invalidated (RFC 9111 §4.4).
+/// `None` for another origin, and for references with dot segments or
+/// outside the prefix, which are left alone rather than guessed at.
+pub fn invalidated_target(
+    scheme: &str,
+    authority: &str,
+    prefix: &str,
+    key: &str,
+    reference: &str,
+) -> Option<String> {
+    let reference = reference.trim().split('#').next()?;
+    let default_port = match scheme.to_ascii_lowercase().as_str() {
+        "http" => ":80",
+        "https" => ":443",
+        _ => "",
+    };
+    let same_authority = |other: &str| {
+        let strip = |a: &str| {
+            let lower = a.to_ascii_lowercase();
+            match lower.strip_suffix(default_port) {
+                Some(bare) if !default_port.is_empty() => bare.to_owned(),
+                _ => lower,
+            }
+        };
+        strip(other) == strip(authority)
+    };
+    let after_authority = |rest: &str| -> Option<String> {
+        let at = rest.find(['/', '?']).unwrap_or(rest.len());
+        let (other, path) = rest.split_at(at);
+        if !same_authority(other) {
+            return None;
+        }
+        Some(match path.chars().next() {
+            None => "/".to_owned(),
+            Some('?') => format!("/{path}"),
+            Some(_) => path.to_owned(),
+        })
+    };
+    let path = if let Some((other_scheme, rest)) = reference.split_once("://") {
+        if !other_scheme.eq_ignore_ascii_case(scheme) {
+            return None;
+        }
+        after_authority(rest)?
+    } else if let Some(rest) = reference.strip_prefix("//") {
+        after_authority(rest)?
+    } else if reference.starts_with('/') {
+        reference.to_owned()
+    } else if reference.is_empty() || reference.contains(':') {
+        return None;
+    } else {
+        let full = format!("{prefix}{key}");
+        let path = full.split('?').next().unwrap_or_default();
+        if reference.starts_with('?') {
+            format!("{path}{reference}")
+        } else {
+            let dir = &path[..path.rfind('/').map_or(0, |i| i + 1)];
+            format!("{dir}{reference}")
+        }
+    };
+    let segments = path.split('?').next().unwrap_or_default();
+    if segments.split('/').any(|s| s == "." || s == "..") {
+        return None;
+    }
+    let target = path.strip_prefix(prefix)?;
+    target.starts_with('/').then(|| target.to_owned())
+}
+
 /// The operator's choices where the RFC leaves one to the cache.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Policy {
@@ -480,6 +611,40 @@ pub fn decide(x: &Exchange<'_>, policy: &Policy) -> Decision {
         stale_if_error,
         heuristic,
         defaulted,
+    }
+}
+
+/// What a fill does with the origin's answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fill {
+    /// A 404 or 410 stating no lifetime, with a negative window set: kept
+    /// as a negative entry for that window.
+    Missing,
+    /// Served from the fill; stored too when `stored`.
+    Body {
+        /// The rules allow storing it.
+        stored: bool,
+    },
+    /// Passed to the client as it came, not stored.
+    Passed,
+}
+
+/// What a fill does with an answer of `status` the rules decided on:
+/// a 404 or 410 that states no lifetime is remembered as missing when the
+/// operator set a negative window (`remember_missing`) and nothing forbids
+/// storing it, else passed; any status the rules store is kept with its
+/// fields and status; a 200 they do not store is still served; anything
+/// else passes as it came.
+pub fn fill(status: u16, decision: &Decision, remember_missing: bool) -> Fill {
+    let negative = matches!(status, 404 | 410) && decision.defaulted;
+    match decision.store {
+        // Its lifetime is the negative window, not the default one that
+        // found it useless.
+        Ok(()) | Err(NotStored::Useless) if negative && remember_missing => Fill::Missing,
+        _ if negative => Fill::Passed,
+        Ok(()) => Fill::Body { stored: true },
+        Err(_) if status == 200 => Fill::Body { stored: false },
+        Err(_) => Fill::Passed,
     }
 }
 
@@ -1308,6 +1473,94 @@ mod tests {
         };
         assert_eq!(x("Accept-Encoding"), Ok(()));
         assert_eq!(x("Accept-Encoding, *"), Err(NotStored::Vary));
+    }
+
+    #[test]
+    fn what_goes_upstream_is_end_to_end_with_via_and_forwarded_added() {
+        let r = fields(&[
+            ("Connection", "x-secret"),
+            ("X-Secret", "1"),
+            ("Host", "proxy"),
+            ("Accept", "*/*"),
+            ("If-None-Match", "\"a\""),
+            ("Via", "1.0 edge"),
+            ("X-Forwarded-For", "10.0.0.1"),
+        ]);
+        let sent = |fill| {
+            r.iter()
+                .filter(|(n, _)| sent_upstream(&r, n, fill))
+                .map(|(n, _)| n.as_str())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(sent(false), ["Accept", "If-None-Match"]);
+        assert_eq!(sent(true), ["Accept"]);
+        assert_eq!(
+            upstream_added(&r, Some("127.0.0.1"), "http"),
+            fields(&[
+                ("via", "1.0 edge, 1.1 daramjwee"),
+                ("x-forwarded-for", "10.0.0.1, 127.0.0.1"),
+                ("x-forwarded-proto", "http"),
+            ])
+        );
+        assert_eq!(upstream_added(&[], None, "https")[0].1, VIA);
+    }
+
+    #[test]
+    fn only_same_origin_locations_are_invalidated() {
+        let at = |prefix: &str, key: &str, reference: &str| {
+            invalidated_target("http", "o.test:8000", prefix, key, reference)
+        };
+        assert_eq!(at("", "/p", "/q?x=1").as_deref(), Some("/q?x=1"));
+        assert_eq!(at("", "/a/p", "r").as_deref(), Some("/a/r"));
+        assert_eq!(at("", "/a/p?z", "?y").as_deref(), Some("/a/p?y"));
+        assert_eq!(
+            at("", "/p", "http://O.test:8000/s#f").as_deref(),
+            Some("/s")
+        );
+        assert_eq!(at("", "/p", "//o.test:8000").as_deref(), Some("/"));
+        assert_eq!(at("", "/p", "http://elsewhere/s"), None);
+        assert_eq!(at("", "/p", "https://o.test:8000/s"), None);
+        assert_eq!(at("", "/p", "mailto:x@y"), None);
+        assert_eq!(at("", "/p", "/a/../etc"), None);
+        // The origin's path prefix is not part of a key.
+        assert_eq!(at("/base", "/p", "/base/q").as_deref(), Some("/q"));
+        assert_eq!(at("/base", "/p", "/basement"), None);
+        assert_eq!(at("/base", "/d/p", "q").as_deref(), Some("/d/q"));
+        assert_eq!(
+            invalidated_target("http", "o", "", "/p", "http://o:80/s").as_deref(),
+            Some("/s")
+        );
+    }
+
+    #[test]
+    fn a_fill_keeps_remembers_serves_or_passes_what_the_origin_answered() {
+        let f = |status: u16, cc: &str, remember: bool| {
+            let r = if cc.is_empty() {
+                vec![]
+            } else {
+                vec![("Cache-Control", cc)]
+            };
+            fill(status, &decide_at(status, &r, &[]), remember)
+        };
+        assert_eq!(f(404, "", true), Fill::Missing);
+        assert_eq!(f(410, "", false), Fill::Passed);
+        assert_eq!(f(404, "no-store", true), Fill::Passed);
+        assert_eq!(f(404, "max-age=60", false), Fill::Body { stored: true });
+        assert_eq!(f(200, "max-age=60", false), Fill::Body { stored: true });
+        assert_eq!(f(200, "no-store", false), Fill::Body { stored: false });
+        assert_eq!(f(500, "", true), Fill::Passed);
+        assert_eq!(f(301, "max-age=60", false), Fill::Body { stored: true });
+    }
+
+    #[test]
+    fn unsafe_methods_answered_with_success_or_redirect_invalidate() {
+        assert!(
+            invalidates("POST", 201) && invalidates("DELETE", 204) && invalidates("M-SEARCH", 302)
+        );
+        assert!(!invalidates("POST", 404) && !invalidates("PUT", 500));
+        assert!(
+            !invalidates("GET", 200) && !invalidates("head", 200) && !invalidates("OPTIONS", 200)
+        );
     }
 
     #[test]

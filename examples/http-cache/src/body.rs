@@ -46,6 +46,41 @@ pub enum EdgeBody {
     },
 }
 
+impl EdgeBody {
+    /// The body of the origin's `response`, read with `sent` (the
+    /// transmission of the request that got it) held; its stated length
+    /// is checked at the end.
+    pub(crate) fn of_response(
+        response: wasip3::http::types::Response,
+        sent: FutureReader<Result<(), ErrorCode>>,
+    ) -> EdgeBody {
+        let expected = response
+            .get_headers()
+            .get("content-length")
+            .first()
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .and_then(|v| v.trim().parse().ok());
+        let (done, done_rx) = wasip3::wit_future::new(|| Ok::<(), ErrorCode>(()));
+        let (stream, trailers) = wasip3::http::types::Response::consume_body(response, done_rx);
+        EdgeBody::Http {
+            stream,
+            trailers: Some(trailers),
+            done: Some(done),
+            sent: Some(sent),
+            expected,
+            read: 0,
+        }
+    }
+
+    /// The length the origin stated for this body, if it is one of its.
+    pub(crate) fn expected(&self) -> Option<u64> {
+        match self {
+            EdgeBody::Http { expected, .. } => *expected,
+            _ => None,
+        }
+    }
+}
+
 impl Body for EdgeBody {
     async fn next(&mut self) -> Option<Result<Vec<u8>>> {
         match self {

@@ -10,11 +10,13 @@ use daramjwee_component::http::{CACHE_STATUS, Forward, Served, cache_status, fai
 use daramjwee_component::{
     Body, Engine, Error, Freshness, Metadata, ResponseBody, Runtime, Source, Status, Tier, classify,
 };
-use wasip3::http::types::{ErrorCode, Fields, Method, Request, Response, Trailers};
+use wasip3::http::types::{
+    ErrorCode, Fields, Headers, Method, Request, Response, Scheme, Trailers,
+};
 use wasip3::{wit_future, wit_stream};
 
 use crate::body::EdgeBody;
-use crate::origin::HttpOrigin;
+use crate::origin::{HttpOrigin, NOT_CACHED, PASSED, Passed, pass, text_of};
 use crate::runtime::EdgeRt;
 use crate::settings::Settings;
 
@@ -49,29 +51,29 @@ impl<T: Tier<Body = EdgeBody>> EdgeCache<T> {
         })
     }
 
-    /// Serve one request. `GET`/`HEAD` go through the cache (key = path
-    /// and query); other methods are refused with 405.
+    /// Serve one request. `GET`/`HEAD` without credentials go through the
+    /// cache (key = path and query); every other request passes to the
+    /// origin as it came, and a success of an unsafe method invalidates
+    /// its target.
     pub async fn handle(&self, request: Request) -> Result<Response, ErrorCode> {
         let method = request.get_method();
         let head = matches!(method, Method::Head);
-        if !matches!(method, Method::Get | Method::Head) {
-            let response = text_response(405, "daramjwee; detail=method", "method not allowed\n");
-            let _ = response.get_headers().append("allow", b"GET, HEAD");
-            return Ok(response);
-        }
         let key = request
             .get_path_with_query()
             .filter(|k| !k.is_empty())
             .unwrap_or_else(|| "/".into());
-        let inm = request
-            .get_headers()
-            .get("if-none-match")
-            .into_iter()
-            .filter_map(|v| String::from_utf8(v).ok())
-            .collect::<Vec<_>>()
-            .join(", ");
-        let inm = (!inm.is_empty()).then_some(inm);
+        let fields = request.get_headers().copy_all();
+        if !matches!(method, Method::Get | Method::Head)
+            || fields
+                .iter()
+                .any(|(name, _)| name.eq_ignore_ascii_case("authorization"))
+        {
+            return Ok(self.pass(&key, method, request).await);
+        }
         drop(request);
+        let text = text_of(&fields);
+        let conditions = rfc9111::request_conditions(&text);
+        let cached_only = rfc9111::Directives::of_request(&text).only_if_cached;
         let forward = Rc::new(RefCell::new(Forward::default()));
         let origin = HttpOrigin::new(
             Rc::clone(&self.origin),
@@ -85,12 +87,36 @@ impl<T: Tier<Body = EdgeBody>> EdgeCache<T> {
                 variants: false,
             },
             Rc::clone(&forward),
-        );
-        let result = self.engine.get(&key, inm.as_deref(), origin).await;
+        )
+        .for_request(&fields, cached_only)
+        .remembering_missing(self.settings.engine.negative_fresh_for > 0);
+        let result = self
+            .engine
+            .get_with(&key, &conditions, origin.clone())
+            .await;
         let mut forward = forward.borrow().clone();
         let response = match result {
             Ok(response) => response,
-            Err(e) => return Ok(failure(&e, &forward)),
+            Err(e) => {
+                if let Some(passed) = origin.take_passed() {
+                    return Ok(relay(passed, cache_status(Served::Origin, &forward), head));
+                }
+                if matches!(&e, Error::Origin(why) if why == NOT_CACHED) {
+                    return Ok(text_response(
+                        504,
+                        &failure_status("not-cached", &forward),
+                        &format!("{NOT_CACHED}\n"),
+                    ));
+                }
+                if matches!(&e, Error::Origin(why) if why == PASSED) {
+                    // Passed, but taken by another request's join.
+                    return Ok(failure(
+                        &Error::Origin("the origin's answer was not kept".into()),
+                        &forward,
+                    ));
+                }
+                return Ok(failure(&e, &forward));
+            }
         };
         // `stored` only when the engine writes the body to a tier.
         forward.no_store |= !response.stored;
@@ -103,11 +129,24 @@ impl<T: Tier<Body = EdgeBody>> EdgeCache<T> {
                 expired: response.stale && self.expired(index as usize, &response.meta),
             },
         };
-        let status = match response.status {
-            Status::Ok => 200,
+        let mut status = match response.status {
+            Status::Ok => rfc9111::stored_status(&response.meta.attributes),
             Status::NotModified => 304,
             Status::NotFound => 404,
         };
+        // A client's `If-Modified-Since` that the stored `Last-Modified`
+        // answers.
+        let mut body = response.body;
+        if status == 200 && rfc9111::not_modified_since(&response.meta.attributes, &text) {
+            status = 304;
+            if let Some(body) = body.take() {
+                // Read anyway, so that a miss still fills the cache.
+                wasip3::spawn_local(async move {
+                    let mut body = Piece::Engine(body);
+                    while let Some(Ok(_)) = body.next().await {}
+                });
+            }
+        }
         let mut headers = vec![
             (CACHE_STATUS, cache_status(served, &forward)),
             (
@@ -118,13 +157,13 @@ impl<T: Tier<Body = EdgeBody>> EdgeCache<T> {
         if !response.meta.tag.is_empty() && !response.meta.negative {
             headers.push(("etag", response.meta.tag.clone()));
         }
-        if status != 404 {
+        if response.status != Status::NotFound {
             for (name, value) in rfc9111::fields_to_send(&response.meta.attributes, status == 304) {
                 headers.push((name, value.to_owned()));
             }
         }
-        let body = match response.body {
-            None if status == 404 => Some(Piece::Text("not found\n".into())),
+        let body = match body {
+            None if response.status == Status::NotFound => Some(Piece::Text("not found\n".into())),
             None => None,
             Some(body) => {
                 let size = match &body {
@@ -150,6 +189,54 @@ impl<T: Tier<Body = EdgeBody>> EdgeCache<T> {
         Ok(respond(status, &headers, body))
     }
 
+    /// Pass `request` to the origin and its answer back, as they came; a
+    /// success or redirect for an unsafe method invalidates `key`.
+    async fn pass(&self, key: &str, method: Method, request: Request) -> Response {
+        let timeout = u64::try_from(self.settings.origin_timeout.as_millis()).unwrap_or(u64::MAX);
+        let forward = Forward {
+            fetched: true,
+            no_store: true,
+            ..Forward::default()
+        };
+        let passed = match pass(&self.origin, timeout, key, request).await {
+            Ok(passed) => passed,
+            Err(e) => return failure(&e, &forward),
+        };
+        let code = passed.response.get_status_code();
+        if rfc9111::invalidates(method_name(&method), code) {
+            let mut targets = vec![key.to_owned()];
+            let headers = passed.response.get_headers();
+            let url = &self.origin;
+            let scheme = match &url.scheme {
+                Scheme::Http => "http",
+                Scheme::Https => "https",
+                Scheme::Other(other) => other.as_str(),
+            };
+            for name in ["location", "content-location"] {
+                for value in headers.get(name) {
+                    if let Some(target) = std::str::from_utf8(&value).ok().and_then(|v| {
+                        rfc9111::invalidated_target(scheme, &url.authority, &url.path, key, v)
+                    }) {
+                        targets.push(target);
+                    }
+                }
+            }
+            drop(headers);
+            for target in targets {
+                let _ = self.engine.delete(&target).await;
+            }
+        }
+        let forward = Forward {
+            status: Some(code),
+            ..forward
+        };
+        relay(
+            passed,
+            cache_status(Served::Origin, &forward),
+            matches!(method, Method::Head),
+        )
+    }
+
     /// Past freshness and past the stale window: only an origin failure
     /// lets such an entry be served.
     fn expired(&self, tier: usize, meta: &Metadata) -> bool {
@@ -164,10 +251,16 @@ fn age<R: Runtime>(meta: &Metadata, rt: &R) -> u64 {
         .map_or(0, |at| rt.now_ms().saturating_sub(at) / 1000)
 }
 
-/// A response body: the engine's, or a short text of our own.
+/// A response body: the engine's, a short text of our own, or the
+/// origin's passed through (with what must be held while it is read).
 enum Piece<R: Runtime> {
     Engine(ResponseBody<R>),
     Text(String),
+    Origin {
+        body: EdgeBody,
+        /// Held until the body is read: see [`Passed::received`].
+        _received: Option<wasip3::wit_bindgen::FutureWriter<Result<(), ErrorCode>>>,
+    },
 }
 
 impl<R: Runtime> Piece<R> {
@@ -180,6 +273,7 @@ impl<R: Runtime> Piece<R> {
             },
             Piece::Text(text) if text.is_empty() => None,
             Piece::Text(text) => Some(Ok(std::mem::take(text).into_bytes())),
+            Piece::Origin { body, .. } => body.next().await,
         }
     }
 
@@ -190,6 +284,33 @@ impl<R: Runtime> Piece<R> {
             reader.settled().await;
         }
     }
+}
+
+/// The origin's answer to the client as it came: its status, its
+/// end-to-end fields and `cache_status`, its body streamed (none to a
+/// `HEAD`).
+fn relay(passed: Passed, cache_status: String, head: bool) -> Response {
+    let Passed {
+        response,
+        sent,
+        received,
+    } = passed;
+    let status = response.get_status_code();
+    let origin_fields = response.get_headers().copy_all();
+    let text = text_of(&origin_fields);
+    let fields = Fields::new();
+    for (name, value) in &origin_fields {
+        if !rfc9111::hop_by_hop(&text, name) && !name.eq_ignore_ascii_case(CACHE_STATUS) {
+            let _ = fields.append(name, value);
+        }
+    }
+    let _ = fields.append(CACHE_STATUS, cache_status.as_bytes());
+    let body = EdgeBody::of_response(response, sent);
+    let body = (!head).then_some(Piece::Origin {
+        body,
+        _received: received,
+    });
+    respond_with::<NoRuntime>(status, fields, body)
 }
 
 /// Build a response of `status` with `headers` and `body`, its bytes
@@ -205,6 +326,12 @@ fn respond<R: Runtime>(
         // is not a valid header is dropped rather than failing the answer.
         let _ = fields.append(name, value.as_bytes());
     }
+    respond_with(status, fields, body)
+}
+
+/// Build a response of `status` with `fields` and `body`, its bytes
+/// pumped by a task of their own.
+fn respond_with<R: Runtime>(status: u16, fields: Headers, body: Option<Piece<R>>) -> Response {
     let (trailers_tx, trailers_rx) = wit_future::new(|| Ok(None::<Trailers>));
     let (response, _sent) = match body {
         None => {
@@ -269,6 +396,22 @@ fn failure(e: &Error, forward: &Forward) -> Response {
         _ => (502, "cache-error"),
     };
     text_response(status, &failure_status(detail, forward), &format!("{e}\n"))
+}
+
+/// The name of `method` as on the wire.
+fn method_name(method: &Method) -> &str {
+    match method {
+        Method::Get => "GET",
+        Method::Head => "HEAD",
+        Method::Post => "POST",
+        Method::Put => "PUT",
+        Method::Delete => "DELETE",
+        Method::Connect => "CONNECT",
+        Method::Options => "OPTIONS",
+        Method::Trace => "TRACE",
+        Method::Patch => "PATCH",
+        Method::Other(name) => name,
+    }
 }
 
 /// The runtime of responses that carry no engine body.

@@ -1,5 +1,7 @@
 //! The origin behind the cache: `GET origin + key` over
-//! `wasi:http/client`, conditional on the tag we hold.
+//! `wasi:http/client` with the client's end-to-end fields, conditional on
+//! the tag we hold; and requests the cache does not answer, passed on as
+//! they came.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -9,7 +11,7 @@ use daramjwee_component::http::rfc9111::{self, Policy};
 use daramjwee_component::{Error, Fetched, Metadata, Origin, Result};
 use wasip3::http::client;
 use wasip3::http::types::{ErrorCode, Fields, Request, RequestOptions, Response, Trailers};
-use wasip3::wit_bindgen::FutureReader;
+use wasip3::wit_bindgen::{FutureReader, FutureWriter};
 use wasip3::wit_future;
 
 /// Resolves when the request was sent whole.
@@ -18,8 +20,29 @@ pub(crate) type Sent = FutureReader<Result<(), ErrorCode>>;
 use crate::body::EdgeBody;
 use crate::settings::OriginUrl;
 
-/// One request's fetcher: where the origin is, and a record of what the
-/// trip did for that request's `Cache-Status`.
+/// The message of the error that tells a request its answer passes
+/// through as the origin gave it (it is in [`HttpOrigin::passed`]).
+pub(crate) const PASSED: &str = "the origin's answer passes through";
+
+/// The message of the error that tells an `only-if-cached` request the
+/// cache holds nothing it may answer with.
+pub(crate) const NOT_CACHED: &str = "only-if-cached: nothing stored answers the request";
+
+/// An answer of the origin that goes to the client as it came.
+pub(crate) struct Passed {
+    /// The origin's answer.
+    pub response: Response,
+    /// The transmission of the request that got it: held while the
+    /// answer is read.
+    pub sent: Sent,
+    /// For a passed request with a body: held until the answer is read,
+    /// since the host takes its completion as "done with the client's
+    /// body".
+    pub received: Option<FutureWriter<Result<(), ErrorCode>>>,
+}
+
+/// One request's fetcher: where the origin is, what the client sent, and
+/// a record of what the trip did for that request's `Cache-Status`.
 #[derive(Clone)]
 pub struct HttpOrigin {
     url: Rc<OriginUrl>,
@@ -28,6 +51,17 @@ pub struct HttpOrigin {
     /// The operator's choices the RFC leaves to the cache.
     policy: Policy,
     forward: Rc<RefCell<Forward>>,
+    /// The client's request fields as text, for the rules.
+    request: Rc<Vec<(String, String)>>,
+    /// The fields a fill sends: the client's that go upstream, and ours.
+    upstream: Rc<Vec<(String, Vec<u8>)>>,
+    /// The client said `only-if-cached`: the origin is not asked.
+    cached_only: bool,
+    /// An answer the cache does not keep, for the request to relay.
+    passed: Rc<RefCell<Option<Passed>>>,
+    /// A 404 or 410 without a lifetime of its own is kept as a negative
+    /// entry (the operator set a negative window).
+    remember_missing: bool,
 }
 
 impl HttpOrigin {
@@ -44,20 +78,75 @@ impl HttpOrigin {
             timeout_ms,
             policy,
             forward,
+            request: Rc::default(),
+            upstream: Rc::new(
+                rfc9111::upstream_added(&[], None, "http")
+                    .into_iter()
+                    .map(|(n, v)| (n, v.into_bytes()))
+                    .collect(),
+            ),
+            cached_only: false,
+            passed: Rc::default(),
+            remember_missing: true,
         }
+    }
+
+    /// This fetcher, keeping 404s and 410s without a lifetime of their
+    /// own as negative entries or not.
+    pub(crate) fn remembering_missing(mut self, remember: bool) -> Self {
+        self.remember_missing = remember;
+        self
+    }
+
+    /// This fetcher for a client that sent `fields` (name, raw value):
+    /// the end-to-end ones go to the origin with a fill, and the rules
+    /// read them. `only-if-cached`: never ask the origin.
+    pub(crate) fn for_request(mut self, fields: &[(String, Vec<u8>)], cached_only: bool) -> Self {
+        let text = text_of(fields);
+        let mut upstream: Vec<(String, Vec<u8>)> = fields
+            .iter()
+            .filter(|(name, _)| rfc9111::sent_upstream(&text, name, true))
+            .cloned()
+            .collect();
+        upstream.extend(
+            rfc9111::upstream_added(&text, None, "http")
+                .into_iter()
+                .map(|(n, v)| (n, v.into_bytes())),
+        );
+        self.request = Rc::new(text);
+        self.upstream = Rc::new(upstream);
+        self.cached_only = cached_only;
+        self
+    }
+
+    /// The answer the cache passed through, if the fetch left one.
+    pub(crate) fn take_passed(&self) -> Option<Passed> {
+        self.passed.borrow_mut().take()
     }
 
     /// Send the request; the answer comes with the request's transmission
     /// future, which must outlive the body (the host ends the exchange when
     /// it is dropped).
-    async fn send(&self, key: &str, tag: Option<&str>) -> Result<(Response, Sent)> {
+    async fn send(&self, key: &str, held: Option<&Metadata>) -> Result<(Response, Sent)> {
         let headers = Fields::new();
-        if let Some(tag) = tag {
-            headers
-                .set("if-none-match", &[tag.as_bytes().to_vec()])
-                .map_err(|e| {
-                    Error::Origin(format!("the tag {tag:?} is not a header value: {e:?}"))
-                })?;
+        for (name, value) in self.upstream.iter() {
+            // A field the host will not send is left out, not fatal.
+            let _ = headers.append(name, value);
+        }
+        if let Some(held) = held {
+            if !held.tag.is_empty() {
+                let tag = &held.tag;
+                headers
+                    .set("if-none-match", &[tag.as_bytes().to_vec()])
+                    .map_err(|e| {
+                        Error::Origin(format!("the tag {tag:?} is not a header value: {e:?}"))
+                    })?;
+            }
+            if let Some((_, modified)) =
+                rfc9111::stored_fields(&held.attributes).find(|(n, _)| *n == "last-modified")
+            {
+                let _ = headers.set("if-modified-since", &[modified.as_bytes().to_vec()]);
+            }
         }
         let options = RequestOptions::new();
         let timeout_ns = self.timeout_ms.saturating_mul(1_000_000);
@@ -90,71 +179,149 @@ impl Origin for HttpOrigin {
     type Body = EdgeBody;
 
     async fn fetch(&self, key: &str, held: Option<&Metadata>) -> Result<Fetched<EdgeBody>> {
+        if self.cached_only {
+            return Err(Error::Origin(NOT_CACHED.into()));
+        }
         self.forward.borrow_mut().fetched = true;
-        let held = held.filter(|m| !m.negative && !m.tag.is_empty());
+        let held = held.filter(|m| {
+            !m.negative
+                && (!m.tag.is_empty()
+                    || rfc9111::stored_fields(&m.attributes).any(|(n, _)| n == "last-modified"))
+        });
         let request_time = (now_ms() / 1000) as i64;
-        let (response, sent) = self.send(key, held.map(|m| m.tag.as_str())).await?;
+        let (response, sent) = self.send(key, held).await?;
         let status = response.get_status_code();
         self.forward.borrow_mut().status = Some(status);
         match status {
-            304 if held.is_some() => Ok(Fetched::NotModified),
-            404 | 410 => Ok(Fetched::NotFound),
-            200 => {
-                let headers = response.get_headers();
-                let fields: Vec<(String, String)> = headers
-                    .copy_all()
-                    .into_iter()
-                    .filter_map(|(name, value)| String::from_utf8(value).ok().map(|v| (name, v)))
-                    .collect();
+            304 if let Some(held) = held => {
+                // The 304's fields update the stored ones, and the
+                // freshness they give counts from now.
+                let fields = text_of(&response.get_headers().copy_all());
+                let merged = rfc9111::merged_fields(held, &fields);
+                let stored_status = rfc9111::stored_status(&held.attributes);
                 let now_ms = now_ms();
                 let decision = rfc9111::decide(
                     &rfc9111::Exchange {
                         method: "GET",
-                        request: &[],
-                        status,
-                        response: &fields,
+                        request: &self.request,
+                        status: stored_status,
+                        response: &merged,
                         request_time,
                         response_time: (now_ms / 1000) as i64,
                     },
                     &self.policy,
                 );
-                let meta = rfc9111::entry_meta(&fields, &decision, now_ms);
-                let no_store = decision.store.is_err();
+                return Ok(Fetched::Revalidated(rfc9111::entry_meta_of(
+                    stored_status,
+                    &merged,
+                    &decision,
+                    now_ms,
+                )));
+            }
+            _ => {}
+        }
+        let headers = response.get_headers();
+        let fields = text_of(&headers.copy_all());
+        let now_ms = now_ms();
+        let decision = rfc9111::decide(
+            &rfc9111::Exchange {
+                method: "GET",
+                request: &self.request,
+                status,
+                response: &fields,
+                request_time,
+                response_time: (now_ms / 1000) as i64,
+            },
+            &self.policy,
+        );
+        match rfc9111::fill(status, &decision, self.remember_missing) {
+            rfc9111::Fill::Missing => Ok(Fetched::NotFound),
+            rfc9111::Fill::Body { stored } => {
+                let meta = rfc9111::entry_meta_of(status, &fields, &decision, now_ms);
+                let no_store = !stored;
                 self.forward.borrow_mut().no_store = no_store;
-                let text = |name: &str| -> Vec<String> {
-                    headers
-                        .get(name)
-                        .into_iter()
-                        .filter_map(|v| String::from_utf8(v).ok())
-                        .collect()
-                };
-                let expected = text("content-length")
-                    .into_iter()
-                    .next()
-                    .and_then(|v| v.trim().parse().ok());
                 drop(headers);
-                let (done, result_rx) = wit_future::new(|| Ok::<(), ErrorCode>(()));
-                let (stream, trailers) = Response::consume_body(response, result_rx);
+                let body = EdgeBody::of_response(response, sent);
+                let size = body.expected();
                 Ok(Fetched::Body {
                     meta,
-                    body: EdgeBody::Http {
-                        stream,
-                        trailers: Some(trailers),
-                        done: Some(done),
-                        sent: Some(sent),
-                        expected,
-                        read: 0,
-                    },
+                    body,
                     no_store,
-                    size: expected,
+                    size,
                 })
             }
-            other => Err(Error::Origin(format!(
-                "{} answered {other}",
-                self.url.target(key)
-            ))),
+            // Any other status goes to the client as it came.
+            rfc9111::Fill::Passed => {
+                self.forward.borrow_mut().no_store = true;
+                *self.passed.borrow_mut() = Some(Passed {
+                    response,
+                    sent,
+                    received: None,
+                });
+                Err(Error::Origin(PASSED.into()))
+            }
         }
     }
+}
+
+/// Fields as text, for the rules: values that are not UTF-8 are left out
+/// of the reading (never altered on the wire).
+pub(crate) fn text_of(fields: &[(String, Vec<u8>)]) -> Vec<(String, String)> {
+    fields
+        .iter()
+        .filter_map(|(name, value)| {
+            std::str::from_utf8(value)
+                .ok()
+                .map(|v| (name.clone(), v.to_owned()))
+        })
+        .collect()
+}
+
+/// Pass `request` (for `key`) to the origin as it came: its method, its
+/// end-to-end fields with ours added, its body streamed. The origin's
+/// answer and the request's transmission.
+pub(crate) async fn pass(
+    url: &OriginUrl,
+    timeout_ms: u64,
+    key: &str,
+    request: Request,
+) -> Result<Passed> {
+    let method = request.get_method();
+    let fields = request.get_headers().copy_all();
+    let text = text_of(&fields);
+    let headers = Fields::new();
+    for (name, value) in &fields {
+        if rfc9111::sent_upstream(&text, name, false) {
+            let _ = headers.append(name, value);
+        }
+    }
+    for (name, value) in rfc9111::upstream_added(&text, None, "http") {
+        let _ = headers.append(&name, value.as_bytes());
+    }
+    let (received, received_rx) = wit_future::new(|| Ok::<(), ErrorCode>(()));
+    let (body, trailers) = Request::consume_body(request, received_rx);
+    let options = RequestOptions::new();
+    let timeout_ns = timeout_ms.saturating_mul(1_000_000);
+    let _ = options.set_connect_timeout(Some(timeout_ns));
+    let _ = options.set_first_byte_timeout(Some(timeout_ns));
+    let (out, sent) = Request::new(headers, Some(body), trailers, Some(options));
+    let target = url.target(key);
+    let bad = |what: &str| Error::Origin(format!("cannot request {target}: bad {what}"));
+    out.set_method(&method).map_err(|()| bad("method"))?;
+    out.set_scheme(Some(&url.scheme))
+        .map_err(|()| bad("scheme"))?;
+    out.set_authority(Some(&url.authority))
+        .map_err(|()| bad("authority"))?;
+    out.set_path_with_query(Some(&format!("{}{key}", url.path)))
+        .map_err(|()| bad("path"))?;
+    let response = client::send(out)
+        .await
+        .map_err(|e| Error::Origin(format!("{target}: {e:?}")))?;
+    Ok(Passed {
+        response,
+        sent,
+        received: Some(received),
+    })
 }
 
 /// Milliseconds since the Unix epoch, by the host's wall clock.

@@ -95,18 +95,13 @@ impl Settings {
             }
         };
         let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-        let defaults = Config::default();
+        // Nothing is reused beyond what the origin's fields and the RFC's
+        // heuristics allow unless the operator says so, as in `serve`.
         let engine = Config {
-            fresh_for: ms(duration(
-                "fresh_for",
-                Duration::from_millis(defaults.fresh_for),
-            )?),
-            negative_fresh_for: ms(duration(
-                "negative_fresh_for",
-                Duration::from_millis(defaults.negative_fresh_for),
-            )?),
+            fresh_for: ms(duration("fresh_for", Duration::ZERO)?),
+            negative_fresh_for: ms(duration("negative_fresh_for", Duration::ZERO)?),
             stale_if_error: ms(duration("stale_if_error", Duration::ZERO)?),
-            ..defaults
+            ..Config::default()
         };
         let origin_timeout = duration("origin_timeout", Duration::from_secs(10))?;
         if origin_timeout.is_zero() {
@@ -144,9 +139,12 @@ mod tests {
         assert_eq!(s.origin.path, "/api");
         assert_eq!(s.origin.target("/x?y"), "http://127.0.0.1:9000/api/x?y");
         assert_eq!(s.engine.fresh_for, 5000);
+        // Nothing kept beyond what the origin allows unless asked.
+        assert_eq!(s.engine.negative_fresh_for, 0);
+        let unset = Settings::from_lookup(lookup(&[("origin", "http://o")])).expect("valid");
         assert_eq!(
-            s.engine.negative_fresh_for,
-            Config::default().negative_fresh_for
+            (unset.engine.fresh_for, unset.engine.negative_fresh_for),
+            (0, 0)
         );
         assert_eq!(s.origin_timeout, Duration::from_secs(10));
     }

@@ -110,6 +110,7 @@ impl Server {
                 stale_while_revalidate: config.stale_while_revalidate.as_secs(),
                 variants: true,
             },
+            remember_missing: !config.negative_fresh_for.is_zero(),
         });
         let listener = bind("listen", config.listen).await?;
         let addr = listener.local_addr().map_err(io_error)?;

@@ -35,9 +35,6 @@ pub type ProxyBody = UnsyncBoxBody<Bytes, std::io::Error>;
 /// response starts.
 const WHOLE_BODY: u64 = 64 * 1024;
 
-/// What the proxy adds to `Via` (RFC 9110 §7.6.3).
-const VIA: &str = "1.1 daramjwee";
-
 /// The address of the client of a request, put in its extensions by the
 /// listener.
 #[derive(Clone, Copy, Debug)]
@@ -59,6 +56,8 @@ pub(crate) struct State {
     pub window_ms: u64,
     /// The operator's choices the RFC leaves to the cache.
     pub policy: Policy,
+    /// A negative window is set (`--negative-fresh-for`).
+    pub remember_missing: bool,
 }
 
 /// A header map's fields as text, for the rules (values that are not
@@ -87,29 +86,25 @@ fn end_to_end(headers: &HeaderMap) -> HeaderMap {
     out
 }
 
-/// The fields a request takes to the origin: its end-to-end fields (but
-/// `Host`, which the origin's URL sets), `Via`, `X-Forwarded-For` and
-/// `X-Forwarded-Proto`.
-fn upstream_fields(request: &HeaderMap, peer: Option<Peer>) -> HeaderMap {
-    let mut headers = end_to_end(request);
-    headers.remove(header::HOST);
-    let via = match headers.get(header::VIA).and_then(|v| v.to_str().ok()) {
-        Some(earlier) => format!("{earlier}, {VIA}"),
-        None => VIA.to_owned(),
-    };
-    if let Ok(via) = HeaderValue::from_str(&via) {
-        headers.insert(header::VIA, via);
-    }
-    if let Some(Peer(addr)) = peer {
-        let forwarded = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-            Some(earlier) => format!("{earlier}, {}", addr.ip()),
-            None => addr.ip().to_string(),
-        };
-        if let Ok(value) = HeaderValue::from_str(&forwarded) {
-            headers.insert("x-forwarded-for", value);
+/// The fields a request takes to the origin (`rfc9111::sent_upstream`,
+/// for a fill or not, and `rfc9111::upstream_added`).
+fn upstream_fields(request: &HeaderMap, peer: Option<Peer>, fill: bool) -> HeaderMap {
+    let fields = text_fields(request);
+    let mut headers = HeaderMap::with_capacity(request.len() + 3);
+    for (name, value) in request {
+        if rfc9111::sent_upstream(&fields, name.as_str(), fill) {
+            headers.append(name.clone(), value.clone());
         }
     }
-    headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    let client = peer.map(|Peer(addr)| addr.ip().to_string());
+    for (name, value) in rfc9111::upstream_added(&fields, client.as_deref(), "http") {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(&value),
+        ) {
+            headers.insert(name, value);
+        }
+    }
     headers
 }
 
@@ -185,6 +180,9 @@ struct HttpOrigin {
     policy: Policy,
     /// The client said `only-if-cached`: the origin is not asked.
     cached_only: bool,
+    /// A negative window is set: 404s and 410s without a lifetime are
+    /// remembered.
+    remember_missing: bool,
     trip: Arc<Mutex<Trip>>,
 }
 
@@ -212,19 +210,7 @@ impl Fetcher for HttpOrigin {
         self.record(|t| t.outcome.fetched = true);
         let url = origin_url(&self.origin, &self.key).map_err(Error::Origin)?;
         let request_fields = text_fields(&self.request);
-        let mut headers = upstream_fields(&self.request, self.peer);
-        // A fill wants the whole representation: the client's own
-        // conditions and ranges are answered by the cache.
-        for name in [
-            header::IF_NONE_MATCH,
-            header::IF_MODIFIED_SINCE,
-            header::IF_MATCH,
-            header::IF_UNMODIFIED_SINCE,
-            header::IF_RANGE,
-            header::RANGE,
-        ] {
-            headers.remove(name);
-        }
+        let mut headers = upstream_fields(&self.request, self.peer, true);
         let held = held.filter(|m| !m.negative);
         if let Some(held) = held {
             if !held.tag.is_empty()
@@ -250,7 +236,7 @@ impl Fetcher for HttpOrigin {
                     self.timeout
                 )));
             }
-            Ok(Err(e)) => return Err(Error::Origin(format!("{url}: {e}"))),
+            Ok(Err(e)) => return Err(Error::Origin(format!("{url}: {}", causes(&e)))),
             Ok(Ok(response)) => response,
         };
         let status = response.status();
@@ -292,7 +278,6 @@ impl Fetcher for HttpOrigin {
             },
             &self.policy,
         );
-        let stored = decision.store.is_ok();
         let control = rfc9111::Directives::of_response(&fields);
         if let Ok(mut trip) = self.trip.lock() {
             for (name, value) in response.headers() {
@@ -306,15 +291,9 @@ impl Fetcher for HttpOrigin {
             }
         }
         let code = status.as_u16();
-        // A 404 or 410 that states no lifetime is remembered for the
-        // negative window; any status the rules store is kept with its
-        // fields and status; a 200 they do not store is still served.
-        let negative = matches!(code, 404 | 410) && decision.defaulted;
-        match status {
-            StatusCode::NOT_FOUND | StatusCode::GONE if negative && stored => {
-                Ok(FetchResult::NotFound)
-            }
-            _ if (stored && !negative) || status == StatusCode::OK => {
+        match rfc9111::fill(code, &decision, self.remember_missing) {
+            rfc9111::Fill::Missing => Ok(FetchResult::NotFound),
+            rfc9111::Fill::Body { stored } => {
                 self.record(|t| t.outcome.no_store = !stored);
                 let mut meta = rfc9111::entry_meta_of(code, &fields, &decision, now_ms());
                 rfc9111::mark_variant(&mut meta, &request_fields, new_set);
@@ -322,12 +301,12 @@ impl Fetcher for HttpOrigin {
                     meta: meta.into(),
                     size: response.content_length(),
                     body: Box::pin(response.bytes_stream().map_err(move |e| {
-                        Error::Origin(format!("the body of {url} broke off: {e}"))
+                        Error::Origin(format!("the body of {url} broke off: {}", causes(&e)))
                     })),
                     no_store: !stored,
                 })
             }
-            _ => {
+            rfc9111::Fill::Passed => {
                 self.record(|t| {
                     t.outcome.no_store = true;
                     t.passed = Some(response);
@@ -336,6 +315,23 @@ impl Fetcher for HttpOrigin {
             }
         }
     }
+}
+
+/// An error and every cause under it, `: `-separated: the client's error
+/// alone says "error sending request", its causes say why (a refused
+/// connection, a header block over the limit, ...).
+fn causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let more = cause.to_string();
+        if !text.ends_with(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 /// Milliseconds since the epoch.
@@ -424,7 +420,7 @@ async fn pass(
     let peer = request.extensions().get::<Peer>().copied();
     let (parts, body) = request.into_parts();
     let method = parts.method.clone();
-    let headers = upstream_fields(&parts.headers, peer);
+    let headers = upstream_fields(&parts.headers, peer, false);
     let body = reqwest::Body::wrap_stream(body.into_data_stream());
     let request = state
         .client
@@ -433,21 +429,21 @@ async fn pass(
         .body(body);
     let response = match tokio::time::timeout(state.origin_timeout, request.send()).await {
         Ok(Ok(response)) => response,
-        Ok(Err(e)) => return unreachable_origin(&format!("{url}: {e}"), false),
+        Ok(Err(e)) => return unreachable_origin(&format!("{url}: {}", causes(&e)), false),
         Err(_) => return unreachable_origin(&format!("{url} did not answer"), true),
     };
-    let unsafe_method = !matches!(
-        method,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
-    );
-    if unsafe_method && (response.status().is_success() || response.status().is_redirection()) {
+    if rfc9111::invalidates(method.as_str(), response.status().as_u16()) {
         let mut targets = vec![key.to_owned()];
+        let authority = &url[url::Position::BeforeHost..url::Position::AfterPort];
+        let prefix = reqwest::Url::parse(&state.origin)
+            .map(|base| base.path().trim_end_matches('/').to_owned())
+            .unwrap_or_default();
         for name in [header::LOCATION, header::CONTENT_LOCATION] {
             if let Some(target) = response
                 .headers()
                 .get(name)
                 .and_then(|v| v.to_str().ok())
-                .and_then(|v| same_origin_target(&url, v))
+                .and_then(|v| rfc9111::invalidated_target(url.scheme(), authority, &prefix, key, v))
             {
                 targets.push(target);
             }
@@ -465,16 +461,6 @@ async fn pass(
     };
     state.metrics.misses.inc();
     relay(response, status_line(Served::Origin, &outcome))
-}
-
-/// The request target `reference` names when it is on the same origin as
-/// `base` (RFC 9111 §4.4: other origins are not invalidated).
-fn same_origin_target(base: &reqwest::Url, reference: &str) -> Option<String> {
-    let url = base.join(reference).ok()?;
-    (url.origin() == base.origin()).then(|| {
-        let target = &url[url::Position::BeforePath..url::Position::AfterQuery];
-        target.to_owned()
-    })
 }
 
 /// The origin's answer as it came, but for hop-by-hop fields, with our
@@ -553,6 +539,7 @@ async fn get(state: &State, key: &str, request: &Request<Incoming>) -> Response<
             peer: request.extensions().get().copied(),
             policy: state.policy.clone(),
             cached_only,
+            remember_missing: state.remember_missing,
             trip: Arc::clone(&trip),
         };
         let result = state
@@ -1006,27 +993,12 @@ mod tests {
         headers.insert(header::HOST, HeaderValue::from_static("proxy"));
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
         let peer = Peer("10.1.2.3:5555".parse().unwrap());
-        let up = upstream_fields(&headers, Some(peer));
+        let up = upstream_fields(&headers, Some(peer), false);
         assert!(up.get("x-drop").is_none() && up.get(header::CONNECTION).is_none());
         assert!(up.get(header::TE).is_none() && up.get(header::HOST).is_none());
         assert_eq!(up["x-keep"], "2");
-        assert_eq!(up[header::VIA], VIA);
+        assert_eq!(up[header::VIA], rfc9111::VIA);
         assert_eq!(up["x-forwarded-for"], "10.1.2.3");
         assert_eq!(up["x-forwarded-proto"], "http");
-    }
-
-    #[test]
-    fn only_same_origin_locations_are_invalidated() {
-        let base = reqwest::Url::parse("http://o.test:8000/p").unwrap();
-        assert_eq!(
-            same_origin_target(&base, "/q?x=1").as_deref(),
-            Some("/q?x=1")
-        );
-        assert_eq!(same_origin_target(&base, "r").as_deref(), Some("/r"));
-        assert_eq!(
-            same_origin_target(&base, "http://o.test:8000/s").as_deref(),
-            Some("/s")
-        );
-        assert_eq!(same_origin_target(&base, "http://elsewhere/s"), None);
     }
 }
