@@ -169,20 +169,15 @@ struct Trip {
 /// the fields to send, the rules' reading of the request) is made when
 /// the origin is asked, not for every hit.
 struct HttpOrigin {
-    client: reqwest::Client,
-    /// Origin base URL and the request target (checked by `handle`).
-    origin: String,
+    /// The client, the origin's base URL, the timeout and the policy.
+    state: Arc<State>,
+    /// The request target (checked by `handle`).
     key: String,
-    timeout: Duration,
     /// The client's request fields, as they came.
-    request: HeaderMap,
+    request: Arc<HeaderMap>,
     peer: Option<Peer>,
-    policy: Policy,
     /// The client said `only-if-cached`: the origin is not asked.
     cached_only: bool,
-    /// A negative window is set: 404s and 410s without a lifetime are
-    /// remembered.
-    remember_missing: bool,
     trip: Arc<Mutex<Trip>>,
 }
 
@@ -208,7 +203,8 @@ impl Fetcher for HttpOrigin {
             return Err(Error::Origin(NOT_CACHED.into()));
         }
         self.record(|t| t.outcome.fetched = true);
-        let url = origin_url(&self.origin, &self.key).map_err(Error::Origin)?;
+        let state = &self.state;
+        let url = origin_url(&state.origin, &self.key).map_err(Error::Origin)?;
         let request_fields = text_fields(&self.request);
         let mut headers = upstream_fields(&self.request, self.peer, true);
         let held = held.filter(|m| !m.negative);
@@ -228,12 +224,12 @@ impl Fetcher for HttpOrigin {
         let conditional = headers.contains_key(header::IF_NONE_MATCH)
             || headers.contains_key(header::IF_MODIFIED_SINCE);
         let request_time = now_secs();
-        let request = self.client.get(url.clone()).headers(headers);
-        let response = match tokio::time::timeout(self.timeout, request.send()).await {
+        let request = state.client.get(url.clone()).headers(headers);
+        let response = match tokio::time::timeout(state.origin_timeout, request.send()).await {
             Err(_) => {
                 return Err(Error::Origin(format!(
                     "{url} did not answer within {:?}",
-                    self.timeout
+                    state.origin_timeout
                 )));
             }
             Ok(Err(e)) => return Err(Error::Origin(format!("{url}: {}", causes(&e)))),
@@ -260,7 +256,7 @@ impl Fetcher for HttpOrigin {
                     request_time,
                     response_time: now_secs(),
                 },
-                &self.policy,
+                &state.policy,
             );
             let mut meta = rfc9111::entry_meta_of(stored_status, &merged, &decision, now_ms());
             let set = rfc9111::variant_set(&held.attributes).map(str::to_owned);
@@ -276,7 +272,7 @@ impl Fetcher for HttpOrigin {
                 request_time,
                 response_time: now_secs(),
             },
-            &self.policy,
+            &state.policy,
         );
         let control = rfc9111::Directives::of_response(&fields);
         if let Ok(mut trip) = self.trip.lock() {
@@ -291,7 +287,7 @@ impl Fetcher for HttpOrigin {
             }
         }
         let code = status.as_u16();
-        match rfc9111::fill(code, &decision, self.remember_missing) {
+        match rfc9111::fill(code, &decision, state.remember_missing) {
             rfc9111::Fill::Missing => Ok(FetchResult::NotFound),
             rfc9111::Fill::Body { stored } => {
                 self.record(|t| t.outcome.no_store = !stored);
@@ -378,7 +374,7 @@ pub(crate) async fn handle(
             if matches!(method, Method::GET | Method::HEAD)
                 && !request.headers().contains_key(header::AUTHORIZATION) =>
         {
-            get(&state, &key, &request).await
+            get(&state, &key, request).await
         }
         Ok(()) => match origin_url(&state.origin, &key) {
             Ok(url) => pass(&state, &key, url, request).await,
@@ -499,8 +495,13 @@ fn unreachable_origin(why: &str, timed_out: bool) -> Response<ProxyBody> {
     response
 }
 
-async fn get(state: &State, key: &str, request: &Request<Incoming>) -> Response<ProxyBody> {
-    let headers = request.headers();
+async fn get(state: &Arc<State>, key: &str, request: Request<Incoming>) -> Response<ProxyBody> {
+    let (parts, _) = request.into_parts();
+    let head = parts.method == Method::HEAD;
+    let peer = parts.extensions.get::<Peer>().copied();
+    // Moved, not copied: a hit reads it, a fetch shares it.
+    let shared_headers = Arc::new(parts.headers);
+    let headers = &*shared_headers;
     // What the request asks of a stored answer, read only when it asks
     // anything beyond `If-None-Match` (a hit stays a header lookup).
     let asks = headers.contains_key(header::CACHE_CONTROL)
@@ -531,15 +532,11 @@ async fn get(state: &State, key: &str, request: &Request<Incoming>) -> Response<
     let (result, trip) = loop {
         let trip = Arc::new(Mutex::new(Trip::default()));
         let origin = HttpOrigin {
-            client: state.client.clone(),
-            origin: state.origin.clone(),
+            state: Arc::clone(state),
             key: key.to_owned(),
-            timeout: state.origin_timeout,
-            request: headers.clone(),
-            peer: request.extensions().get().copied(),
-            policy: state.policy.clone(),
+            request: Arc::clone(&shared_headers),
+            peer,
             cached_only,
-            remember_missing: state.remember_missing,
             trip: Arc::clone(&trip),
         };
         let result = state
@@ -576,7 +573,7 @@ async fn get(state: &State, key: &str, request: &Request<Incoming>) -> Response<
             if let Some(passed) = trip.lock().ok().and_then(|mut t| t.passed.take()) {
                 state.metrics.misses.inc();
                 let mut response = relay(passed, status_line(Served::Origin, &outcome));
-                if request.method() == Method::HEAD {
+                if head {
                     *response.body_mut() = empty();
                 }
                 return response;
@@ -676,7 +673,7 @@ async fn get(state: &State, key: &str, request: &Request<Incoming>) -> Response<
             if let Some(size) = body.size() {
                 builder = builder.header(header::CONTENT_LENGTH, size);
             }
-            if request.method() == Method::HEAD {
+            if head {
                 // Read it anyway, so that a miss still fills the cache.
                 tokio::spawn(async move {
                     let _ = body.bytes().await;
