@@ -217,7 +217,7 @@ impl Stream {
         let headers: Vec<(&str, &str)> = reply
             .headers
             .iter()
-            .map(|(n, v)| (*n, v.as_str()))
+            .map(|(n, v)| (n.as_str(), v.as_str()))
             .collect();
         self.send_http_response(reply.status, headers, reply.body.as_deref());
         Action::Pause

@@ -17,13 +17,6 @@ use daramjwee_component::{Freshness, Metadata, classify, if_none_match};
 
 use crate::{Entry, Settings};
 
-/// Attribute under which an entry keeps its origin's `Cache-Control`, so
-/// hits carry the origin's policy to the client.
-pub const CACHE_CONTROL_ATTR: &str = "cache-control";
-
-/// Attribute under which an entry keeps its origin's `Content-Type`.
-pub const CONTENT_TYPE_ATTR: &str = "content-type";
-
 /// Queued plus in-flight background refreshes one plugin instance keeps at
 /// most; past it a stale hit is still served, its refresh is skipped and
 /// asked for again by the next stale hit.
@@ -104,7 +97,7 @@ pub struct Reply {
     /// Status code.
     pub status: u32,
     /// Headers, lowercase names.
-    pub headers: Vec<(&'static str, String)>,
+    pub headers: Vec<(String, String)>,
     /// Body; `None` for HEAD, 304 and negative answers.
     pub body: Option<Arc<[u8]>>,
 }
@@ -161,9 +154,12 @@ pub fn judge(
         stale,
         expired: false,
     };
-    let mut headers = vec![("cache-status", cache_status(served, &Forward::default()))];
+    let mut headers = vec![(
+        "cache-status".to_owned(),
+        cache_status(served, &Forward::default()),
+    )];
     let age = meta.cached_at.map_or(0, |at| now.saturating_sub(at) / 1000);
-    headers.push(("age", age.to_string()));
+    headers.push(("age".to_owned(), age.to_string()));
     let reply = if meta.negative {
         Reply {
             status: 404,
@@ -172,15 +168,17 @@ pub fn judge(
         }
     } else {
         if !meta.tag.is_empty() {
-            headers.push(("etag", meta.tag.clone()));
-        }
-        if let Some(cc) = entry.attribute(CACHE_CONTROL_ATTR) {
-            headers.push(("cache-control", cc.to_owned()));
+            headers.push(("etag".to_owned(), meta.tag.clone()));
         }
         // A client validator that is not UTF-8 matches nothing.
         let not_modified = inm
             .and_then(|v| std::str::from_utf8(v).ok())
             .is_some_and(|v| if_none_match(v, &meta.tag));
+        // The stored response's fields, as every home sends them.
+        headers.extend(
+            rfc9111::fields_to_send(&meta.attributes, not_modified)
+                .map(|(name, value)| (name.to_owned(), value.to_owned())),
+        );
         if not_modified {
             Reply {
                 status: 304,
@@ -188,9 +186,6 @@ pub fn judge(
                 body: None,
             }
         } else {
-            if let Some(ct) = entry.attribute(CONTENT_TYPE_ATTR) {
-                headers.push(("content-type", ct.to_owned()));
-            }
             Reply {
                 status: 200,
                 headers,
@@ -243,10 +238,16 @@ impl Head {
             let name = name.to_ascii_lowercase();
             let text = std::str::from_utf8(value).ok().map(str::trim);
             let number = || text.and_then(|t| t.parse::<u64>().ok());
-            if !name.starts_with(':')
-                && let Some(text) = text
-            {
-                head.fields.push((name.clone(), text.to_owned()));
+            if !name.starts_with(':') {
+                match text {
+                    Some(text) => head.fields.push((name.clone(), text.to_owned())),
+                    // A field the entry would keep but cannot read is
+                    // never stored altered: such a response is not stored.
+                    None if !matches!(name.as_str(), "set-cookie" | "set-cookie2") => {
+                        head.unreadable = true;
+                    }
+                    None => {}
+                }
             }
             match name.as_str() {
                 ":status" => head.status = number().and_then(|n| u16::try_from(n).ok()),
@@ -334,23 +335,18 @@ pub fn entry_for(kind: Kind, head: &Head, body: &[u8], now: u64, settings: &Sett
     let mut meta = match kind {
         Kind::Negative => Metadata::negative_at(cached_at),
         Kind::Positive => {
-            let mut meta = Metadata {
+            // The whole head the rules keep (`h:` attributes), as
+            // every home stores it.
+            let kept = rfc9111::entry_meta(&head.fields, &decision, now);
+            Metadata {
                 tag: head.etag.clone().unwrap_or_default(),
                 cached_at: Some(cached_at),
                 // Always bounded, so `classify` ends the stale window.
                 stale_for: windows.stale_for,
                 stale_if_error: windows.stale_if_error,
+                attributes: kept.attributes,
                 ..Metadata::default()
-            };
-            if let Some(ct) = &head.content_type {
-                meta.attributes
-                    .push((CONTENT_TYPE_ATTR.to_owned(), ct.clone()));
             }
-            if let Some(cc) = &head.cache_control {
-                meta.attributes
-                    .push((CACHE_CONTROL_ATTR.to_owned(), cc.clone()));
-            }
-            meta
         }
     };
     // A negative entry keeps the filter's window unless the origin gave
@@ -522,10 +518,14 @@ pub fn refreshed(
                 return Outcome::Keep;
             };
             // The origin confirmed the copy: it is fresh again, under the
-            // windows the 304 sends if it sends any.
-            let mut fresh = entry_for(Kind::Positive, head, &old.body, now, settings);
-            fresh.meta.tag = head.etag.clone().unwrap_or_else(|| old.meta.tag.clone());
-            fresh.meta.attributes = old.meta.attributes.clone();
+            // windows the 304 sends if it sends any, with the stored
+            // fields updated by the 304's (RFC 9111 §4.3.4).
+            let merged = Head {
+                fields: rfc9111::merged_fields(&old.meta, &head.fields),
+                ..head.clone()
+            };
+            let mut fresh = entry_for(Kind::Positive, &merged, &old.body, now, settings);
+            fresh.meta.tag = old.meta.tag.clone();
             if head.cache_control.is_none() {
                 fresh.meta.fresh_for = old.meta.fresh_for;
                 fresh.meta.stale_for = old.meta.stale_for;
@@ -909,6 +909,60 @@ mod tests {
     }
 
     #[test]
+    fn a_hit_sends_the_whole_stored_head_but_a_304_leaves_out_the_body_fields() {
+        let s = settings();
+        let e = stored(
+            &[
+                (":status", "200"),
+                ("etag", "\"v1\""),
+                ("content-type", "a/b"),
+                ("content-encoding", "gzip"),
+                ("link", "</style.css>; rel=preload"),
+                ("access-control-allow-origin", "*"),
+                ("cache-control", "max-age=60"),
+                ("connection", "x-hop"),
+                ("x-hop", "1"),
+                ("content-length", "3"),
+            ],
+            b"abc",
+            0,
+        );
+        let Verdict::Hit(hit) = judge(&e, 1_000, &s, 0, None, false, true) else {
+            panic!("a fresh hit")
+        };
+        for (name, value) in [
+            ("content-type", "a/b"),
+            ("content-encoding", "gzip"),
+            ("link", "</style.css>; rel=preload"),
+            ("access-control-allow-origin", "*"),
+            ("cache-control", "max-age=60"),
+            ("etag", "\"v1\""),
+        ] {
+            assert_eq!(hit.header(name), Some(value), "{name}");
+        }
+        assert_eq!(hit.header("x-hop"), None, "hop-by-hop fields are not kept");
+        let Verdict::Hit(not_modified) = judge(&e, 1_000, &s, 0, Some(b"\"v1\""), false, true)
+        else {
+            panic!("a fresh hit")
+        };
+        assert_eq!(not_modified.status, 304);
+        assert_eq!(not_modified.header("content-type"), None);
+        assert_eq!(
+            not_modified.header("link"),
+            Some("</style.css>; rel=preload")
+        );
+        // A field that is not UTF-8 is never stored altered.
+        let mut c = Capture::new("k".into());
+        c.headers(
+            Head::from_pairs([(":status", &b"200"[..]), ("x-raw", &b"\xff"[..])]),
+            0,
+            &s,
+        );
+        c.push(b"abc");
+        assert!(c.finish(&s).is_none());
+    }
+
+    #[test]
     fn refresh_answers_replace_remove_or_keep() {
         let s = settings();
         let old = stored(
@@ -936,7 +990,14 @@ mod tests {
             (&b"new"[..], "\"v2\"", Some(50_000))
         );
 
-        let same = refreshed(Some(&old), &head(&[(":status", "304")]), b"", 0, 50_000, &s);
+        let same = refreshed(
+            Some(&old),
+            &head(&[(":status", "304"), ("x-new", "1"), ("etag", "\"v9\"")]),
+            b"",
+            0,
+            50_000,
+            &s,
+        );
         let Outcome::Replace(e) = same else {
             panic!("{same:?}")
         };
@@ -944,7 +1005,9 @@ mod tests {
             (&*e.body, e.meta.tag.as_str(), e.meta.cached_at),
             (&b"old"[..], "\"v1\"", Some(50_000))
         );
-        assert_eq!(e.attribute(CONTENT_TYPE_ATTR), Some("a/b"));
+        // The stored head is kept, and updated by the 304's fields.
+        assert_eq!(e.attribute("h:content-type"), Some("a/b"));
+        assert_eq!(e.attribute("h:x-new"), Some("1"));
         assert_eq!(
             refreshed(None, &head(&[(":status", "304")]), b"", 0, 1, &s),
             Outcome::Keep

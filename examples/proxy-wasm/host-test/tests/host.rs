@@ -381,7 +381,13 @@ fn miss_goes_upstream_then_the_same_bytes_are_a_local_hit() {
         "/img?size=2",
         answer(
             200,
-            &[("etag", "\"v1\""), ("content-type", "image/x-test")],
+            &[
+                ("etag", "\"v1\""),
+                ("content-type", "image/x-test"),
+                ("link", "</a.css>; rel=preload"),
+                ("access-control-allow-origin", "*"),
+                ("last-modified", "Wed, 01 Jan 2020 00:00:00 GMT"),
+            ],
             &[a, b],
         ),
     );
@@ -407,6 +413,16 @@ fn miss_goes_upstream_then_the_same_bytes_are_a_local_hit() {
     assert_eq!(hit.cache_status(), "daramjwee; hit; detail=tier0");
     assert_eq!(hit.header("etag").as_deref(), Some("\"v1\""));
     assert_eq!(hit.header("content-type").as_deref(), Some("image/x-test"));
+    // The whole head is kept in the shared data, not just a few fields.
+    assert_eq!(hit.header("link").as_deref(), Some("</a.css>; rel=preload"));
+    assert_eq!(
+        hit.header("access-control-allow-origin").as_deref(),
+        Some("*")
+    );
+    assert_eq!(
+        hit.header("last-modified").as_deref(),
+        Some("Wed, 01 Jan 2020 00:00:00 GMT")
+    );
     assert_eq!(hit.header("age").as_deref(), Some("5"));
 
     // Another authority is another key.
