@@ -1379,6 +1379,17 @@ async fn raw_origin(head: Vec<u8>) -> (String, Arc<std::sync::atomic::AtomicUsiz
     (format!("http://{addr}"), count)
 }
 
+/// `serve` on its defaults (memory tier) in front of `origin`.
+async fn plain_proxy(origin: String) -> Server {
+    let config = ServeConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        origin: Some(origin),
+        tiers: vec!["mem".into()],
+        ..ServeConfig::default()
+    };
+    Server::start(config).await.unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_origin_header_block_over_the_limit_is_a_clear_502_and_nothing_is_stored() {
     let mut huge = b"HTTP/1.1 200 OK\r\ncache-control: max-age=600\r\n".to_vec();
@@ -1391,13 +1402,7 @@ async fn an_origin_header_block_over_the_limit_is_a_clear_502_and_nothing_is_sto
     }
     for head in [huge, many] {
         let (origin_url, answered) = raw_origin(head).await;
-        let config = ServeConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            origin: Some(origin_url),
-            tiers: vec!["mem".into()],
-            ..ServeConfig::default()
-        };
-        let server = Server::start(config).await.unwrap();
+        let server = plain_proxy(origin_url).await;
         for round in 1..=2 {
             let got = get(&server, "/h").await;
             assert_eq!(got.status, StatusCode::BAD_GATEWAY, "round {round}");
@@ -1415,6 +1420,54 @@ async fn an_origin_header_block_over_the_limit_is_a_clear_502_and_nothing_is_sto
             .await
             .unwrap();
         assert_eq!(passed.status(), StatusCode::BAD_GATEWAY);
+        server.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_bytes_beyond_ascii_reach_the_client_untouched() {
+    let utf8 = "attachment; filename=\"r\u{e9}sum\u{e9}.pdf\"";
+    let cases: [(Vec<u8>, bool); 2] = [
+        // UTF-8 beyond ASCII: kept with the entry, sent on every hit.
+        (
+            format!("content-disposition: {utf8}\r\n").into_bytes(),
+            true,
+        ),
+        // Not UTF-8: passed as it came, never stored (nor altered).
+        (b"x-raw: caf\xe9\r\n".to_vec(), false),
+    ];
+    for (field, kept) in cases {
+        let mut head = b"HTTP/1.1 200 OK\r\ncache-control: max-age=600\r\n".to_vec();
+        head.extend_from_slice(&field);
+        let (origin_url, answered) = raw_origin(head).await;
+        let server = plain_proxy(origin_url).await;
+        let (name, value) = {
+            let text = &field[..field.len() - 2];
+            let at = text.iter().position(|b| *b == b':').unwrap();
+            (
+                String::from_utf8(text[..at].to_vec()).unwrap(),
+                text[at + 2..].to_vec(),
+            )
+        };
+        for round in 1..=2 {
+            let response = reqwest::get(url(&server, "/f")).await.unwrap();
+            assert_eq!(response.status(), StatusCode::OK);
+            assert_eq!(
+                response.headers()[name.as_str()].as_bytes(),
+                &value[..],
+                "{name}, round {round}"
+            );
+            let cache_status = response.headers()["cache-status"]
+                .to_str()
+                .unwrap()
+                .to_owned();
+            assert_eq!(response.bytes().await.unwrap(), "ok");
+            if kept && round == 2 {
+                assert!(cache_status.contains("hit"), "{cache_status}");
+            }
+        }
+        let fetched = answered.load(std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(fetched, if kept { 1 } else { 2 }, "{name}");
         server.shutdown().await;
     }
 }

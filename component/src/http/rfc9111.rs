@@ -614,6 +614,18 @@ pub fn decide(x: &Exchange<'_>, policy: &Policy) -> Decision {
     }
 }
 
+/// Whether every field of a response that a cache would keep reads as
+/// text (UTF-8). One that does not is passed as it came and not stored:
+/// the stored head is text, and a field must not be stored altered or
+/// left out. `Set-Cookie` is never kept, so it does not count.
+pub fn kept_fields_are_text<'a>(raw: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> bool {
+    raw.into_iter().all(|(name, value)| {
+        std::str::from_utf8(value).is_ok()
+            || name.eq_ignore_ascii_case("set-cookie")
+            || name.eq_ignore_ascii_case("set-cookie2")
+    })
+}
+
 /// What a fill does with the origin's answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Fill {
@@ -1550,6 +1562,13 @@ mod tests {
         assert_eq!(f(200, "no-store", false), Fill::Body { stored: false });
         assert_eq!(f(500, "", true), Fill::Passed);
         assert_eq!(f(301, "max-age=60", false), Fill::Body { stored: true });
+    }
+
+    #[test]
+    fn a_response_with_a_field_that_is_not_text_is_not_kept() {
+        assert!(kept_fields_are_text([("x", &b"r\xc3\xa9sum\xc3\xa9"[..])]));
+        assert!(!kept_fields_are_text([("x", &b"\xff"[..])]));
+        assert!(kept_fields_are_text([("Set-Cookie", &b"\xff"[..])]));
     }
 
     #[test]

@@ -221,7 +221,9 @@ impl Origin for HttpOrigin {
             _ => {}
         }
         let headers = response.get_headers();
-        let fields = text_of(&headers.copy_all());
+        let raw = headers.copy_all();
+        let text = rfc9111::kept_fields_are_text(raw.iter().map(|(n, v)| (n.as_str(), &v[..])));
+        let fields = text_of(&raw);
         let now_ms = now_ms();
         let decision = rfc9111::decide(
             &rfc9111::Exchange {
@@ -234,7 +236,12 @@ impl Origin for HttpOrigin {
             },
             &self.policy,
         );
-        match rfc9111::fill(status, &decision, self.remember_missing) {
+        let fill = if text {
+            rfc9111::fill(status, &decision, self.remember_missing)
+        } else {
+            rfc9111::Fill::Passed
+        };
+        match fill {
             rfc9111::Fill::Missing => Ok(Fetched::NotFound),
             rfc9111::Fill::Body { stored } => {
                 let meta = rfc9111::entry_meta_of(status, &fields, &decision, now_ms);

@@ -61,13 +61,13 @@ pub(crate) struct State {
 }
 
 /// A header map's fields as text, for the rules (values that are not
-/// UTF-8 are left out of the reading, never altered on the wire).
+/// UTF-8 are left out of the reading, never altered on the wire; UTF-8
+/// beyond ASCII is text).
 fn text_fields(headers: &HeaderMap) -> Vec<(String, String)> {
     headers
         .iter()
         .filter_map(|(name, value)| {
-            value
-                .to_str()
+            std::str::from_utf8(value.as_bytes())
                 .ok()
                 .map(|v| (name.as_str().to_owned(), v.to_owned()))
         })
@@ -287,7 +287,18 @@ impl Fetcher for HttpOrigin {
             }
         }
         let code = status.as_u16();
-        match rfc9111::fill(code, &decision, state.remember_missing) {
+        let text = rfc9111::kept_fields_are_text(
+            response
+                .headers()
+                .iter()
+                .map(|(n, v)| (n.as_str(), v.as_bytes())),
+        );
+        let fill = if text {
+            rfc9111::fill(code, &decision, state.remember_missing)
+        } else {
+            rfc9111::Fill::Passed
+        };
+        match fill {
             rfc9111::Fill::Missing => Ok(FetchResult::NotFound),
             rfc9111::Fill::Body { stored } => {
                 self.record(|t| t.outcome.no_store = !stored);
