@@ -175,13 +175,16 @@ Requests on --admin-listen (Authorization: Bearer TOKEN):
 
 Responses are stored and reused as RFC 9111 allows a shared cache:
 CDN-Cache-Control, then Cache-Control (s-maxage, max-age, no-store, private,
-no-cache, must-revalidate, stale-while-revalidate), Expires against Date, Age,
-and a heuristic lifetime from Last-Modified; their end-to-end fields are kept
-(not Set-Cookie). Without any of these a response is not reused unless
---fresh-for says so. Responses with Vary, other statuses than 200, 404 and 410,
-and requests with Authorization pass through unstored. 5xx, resets and timeouts
-of a fetch the cache needs answer 502. Every response carries Cache-Status (RFC
-9211) and Age.
+no-cache, must-revalidate, must-understand, stale-while-revalidate,
+stale-if-error), Expires against Date, Age, and a heuristic lifetime from
+Last-Modified; any status with a lifetime is kept with its end-to-end fields
+(not Set-Cookie), and the variants of a response with Vary side by side.
+Without any of these a response is not reused unless --fresh-for says so.
+Requests are answered as their Cache-Control (no-cache, max-age, min-fresh,
+max-stale, only-if-cached), Pragma, If-None-Match and If-Modified-Since ask.
+Requests with Authorization and statuses the rules do not keep pass through
+as they came; an origin that cannot be reached or does not answer in time is
+a 502 or 504. Every response carries Cache-Status (RFC 9211) and Age.
 
 Durations: 150ms, 30s, 5m, 1h, 2days ... Sizes: 512KiB, 256MiB, 10GiB, 1GB ...
 Policies: lru, s3fifo, sieve.";
