@@ -641,13 +641,18 @@ pub enum Fill {
     Passed,
 }
 
-/// What a fill does with an answer of `status` the rules decided on:
-/// a 404 or 410 that states no lifetime is remembered as missing when the
+/// What a fill does with an answer of `status` the rules decided on,
+/// `text` when every field it would keep reads as text
+/// ([`kept_fields_are_text`]; one that does not passes as it came): a 404
+/// or 410 that states no lifetime is remembered as missing when the
 /// operator set a negative window (`remember_missing`) and nothing forbids
 /// storing it, else passed; any status the rules store is kept with its
 /// fields and status; a 200 they do not store is still served; anything
 /// else passes as it came.
-pub fn fill(status: u16, decision: &Decision, remember_missing: bool) -> Fill {
+pub fn fill(status: u16, decision: &Decision, text: bool, remember_missing: bool) -> Fill {
+    if !text {
+        return Fill::Passed;
+    }
     let negative = matches!(status, 404 | 410) && decision.defaulted;
     match decision.store {
         // Its lifetime is the negative window, not the default one that
@@ -890,6 +895,40 @@ pub fn merged_fields(meta: &Metadata, not_modified: &Fields) -> Vec<(String, Str
     merged.retain(|(name, _)| !update.iter().any(|(n, _)| n.eq_ignore_ascii_case(name)));
     merged.extend(update);
     merged
+}
+
+/// The metadata of a stored response `held` once a 304 with `not_modified`
+/// fields confirmed it, at `now_ms`, for a request with `request` fields
+/// sent at `request_time` (s): its fields merged ([`merged_fields`]), its
+/// lifetime decided anew from now, its status kept, and, when it varies,
+/// its variant marks ([`mark_variant`], in the held entry's set, or
+/// `new_set` when it had none).
+pub fn revalidated(
+    held: &Metadata,
+    not_modified: &Fields,
+    request: &Fields,
+    request_time: i64,
+    policy: &Policy,
+    now_ms: u64,
+    new_set: impl FnOnce() -> String,
+) -> Metadata {
+    let merged = merged_fields(held, not_modified);
+    let status = stored_status(&held.attributes);
+    let decision = decide(
+        &Exchange {
+            method: "GET",
+            request,
+            status,
+            response: &merged,
+            request_time,
+            response_time: (now_ms / 1000) as i64,
+        },
+        policy,
+    );
+    let mut meta = entry_meta_of(status, &merged, &decision, now_ms);
+    let set = variant_set(&held.attributes).map(str::to_owned);
+    mark_variant(&mut meta, request, || set.unwrap_or_else(new_set));
+    meta
 }
 
 /// The stored fields a response from an entry sends, from its attributes:
@@ -1552,7 +1591,7 @@ mod tests {
             } else {
                 vec![("Cache-Control", cc)]
             };
-            fill(status, &decide_at(status, &r, &[]), remember)
+            fill(status, &decide_at(status, &r, &[]), true, remember)
         };
         assert_eq!(f(404, "", true), Fill::Missing);
         assert_eq!(f(410, "", false), Fill::Passed);
@@ -1562,6 +1601,8 @@ mod tests {
         assert_eq!(f(200, "no-store", false), Fill::Body { stored: false });
         assert_eq!(f(500, "", true), Fill::Passed);
         assert_eq!(f(301, "max-age=60", false), Fill::Body { stored: true });
+        let unreadable = decide_at(200, &[("Cache-Control", "max-age=60")], &[]);
+        assert_eq!(fill(200, &unreadable, false, true), Fill::Passed);
     }
 
     #[test]

@@ -197,25 +197,14 @@ impl Origin for HttpOrigin {
                 // The 304's fields update the stored ones, and the
                 // freshness they give counts from now.
                 let fields = text_of(&response.get_headers().copy_all());
-                let merged = rfc9111::merged_fields(held, &fields);
-                let stored_status = rfc9111::stored_status(&held.attributes);
-                let now_ms = now_ms();
-                let decision = rfc9111::decide(
-                    &rfc9111::Exchange {
-                        method: "GET",
-                        request: &self.request,
-                        status: stored_status,
-                        response: &merged,
-                        request_time,
-                        response_time: (now_ms / 1000) as i64,
-                    },
+                return Ok(Fetched::Revalidated(rfc9111::revalidated(
+                    held,
+                    &fields,
+                    &self.request,
+                    request_time,
                     &self.policy,
-                );
-                return Ok(Fetched::Revalidated(rfc9111::entry_meta_of(
-                    stored_status,
-                    &merged,
-                    &decision,
-                    now_ms,
+                    now_ms(),
+                    String::new,
                 )));
             }
             _ => {}
@@ -236,12 +225,7 @@ impl Origin for HttpOrigin {
             },
             &self.policy,
         );
-        let fill = if text {
-            rfc9111::fill(status, &decision, self.remember_missing)
-        } else {
-            rfc9111::Fill::Passed
-        };
-        match fill {
+        match rfc9111::fill(status, &decision, text, self.remember_missing) {
             rfc9111::Fill::Missing => Ok(Fetched::NotFound),
             rfc9111::Fill::Body { stored } => {
                 let meta = rfc9111::entry_meta_of(status, &fields, &decision, now_ms);

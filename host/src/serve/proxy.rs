@@ -87,17 +87,22 @@ fn end_to_end(headers: &HeaderMap) -> HeaderMap {
 }
 
 /// The fields a request takes to the origin (`rfc9111::sent_upstream`,
-/// for a fill or not, and `rfc9111::upstream_added`).
-fn upstream_fields(request: &HeaderMap, peer: Option<Peer>, fill: bool) -> HeaderMap {
-    let fields = text_fields(request);
+/// for a fill or not, and `rfc9111::upstream_added`); `fields` is
+/// `request` as text.
+fn upstream_fields(
+    request: &HeaderMap,
+    fields: &rfc9111::Fields,
+    peer: Option<Peer>,
+    fill: bool,
+) -> HeaderMap {
     let mut headers = HeaderMap::with_capacity(request.len() + 3);
     for (name, value) in request {
-        if rfc9111::sent_upstream(&fields, name.as_str(), fill) {
+        if rfc9111::sent_upstream(fields, name.as_str(), fill) {
             headers.append(name.clone(), value.clone());
         }
     }
     let client = peer.map(|Peer(addr)| addr.ip().to_string());
-    for (name, value) in rfc9111::upstream_added(&fields, client.as_deref(), "http") {
+    for (name, value) in rfc9111::upstream_added(fields, client.as_deref(), "http") {
         if let (Ok(name), Ok(value)) = (
             HeaderName::from_bytes(name.as_bytes()),
             HeaderValue::from_str(&value),
@@ -206,7 +211,7 @@ impl Fetcher for HttpOrigin {
         let state = &self.state;
         let url = origin_url(&state.origin, &self.key).map_err(Error::Origin)?;
         let request_fields = text_fields(&self.request);
-        let mut headers = upstream_fields(&self.request, self.peer, true);
+        let mut headers = upstream_fields(&self.request, &request_fields, self.peer, true);
         let held = held.filter(|m| !m.negative);
         if let Some(held) = held {
             if !held.tag.is_empty()
@@ -244,23 +249,15 @@ impl Fetcher for HttpOrigin {
         {
             // The 304's fields update the stored ones, and the freshness
             // they give counts from now.
-            let held: daramjwee_component::Metadata = held.into();
-            let merged = rfc9111::merged_fields(&held, &fields);
-            let stored_status = rfc9111::stored_status(&held.attributes);
-            let decision = rfc9111::decide(
-                &Exchange {
-                    method: "GET",
-                    request: &request_fields,
-                    status: stored_status,
-                    response: &merged,
-                    request_time,
-                    response_time: now_secs(),
-                },
+            let meta = rfc9111::revalidated(
+                &held.into(),
+                &fields,
+                &request_fields,
+                request_time,
                 &state.policy,
+                now_ms(),
+                new_set,
             );
-            let mut meta = rfc9111::entry_meta_of(stored_status, &merged, &decision, now_ms());
-            let set = rfc9111::variant_set(&held.attributes).map(str::to_owned);
-            rfc9111::mark_variant(&mut meta, &request_fields, || set.unwrap_or_else(new_set));
             return Ok(FetchResult::Revalidated(meta.into()));
         }
         let decision = rfc9111::decide(
@@ -293,12 +290,7 @@ impl Fetcher for HttpOrigin {
                 .iter()
                 .map(|(n, v)| (n.as_str(), v.as_bytes())),
         );
-        let fill = if text {
-            rfc9111::fill(code, &decision, state.remember_missing)
-        } else {
-            rfc9111::Fill::Passed
-        };
-        match fill {
+        match rfc9111::fill(code, &decision, text, state.remember_missing) {
             rfc9111::Fill::Missing => Ok(FetchResult::NotFound),
             rfc9111::Fill::Body { stored } => {
                 self.record(|t| t.outcome.no_store = !stored);
@@ -427,7 +419,7 @@ async fn pass(
     let peer = request.extensions().get::<Peer>().copied();
     let (parts, body) = request.into_parts();
     let method = parts.method.clone();
-    let headers = upstream_fields(&parts.headers, peer, false);
+    let headers = upstream_fields(&parts.headers, &text_fields(&parts.headers), peer, false);
     let body = reqwest::Body::wrap_stream(body.into_data_stream());
     let request = state
         .client
@@ -1001,7 +993,7 @@ mod tests {
         headers.insert(header::HOST, HeaderValue::from_static("proxy"));
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
         let peer = Peer("10.1.2.3:5555".parse().unwrap());
-        let up = upstream_fields(&headers, Some(peer), false);
+        let up = upstream_fields(&headers, &text_fields(&headers), Some(peer), false);
         assert!(up.get("x-drop").is_none() && up.get(header::CONNECTION).is_none());
         assert!(up.get(header::TE).is_none() && up.get(header::HOST).is_none());
         assert_eq!(up["x-keep"], "2");
