@@ -73,19 +73,12 @@ if ! grep -q "\"version\": \"$suite_version\"" "$suite/package.json" 2>/dev/null
     npm install --silent --no-audit --no-fund --prefix "$home" "http-cache-tests@$suite_version" >&2
 fi
 
-if [ "$peers" = 1 ]; then
-    missing=()
-    command -v nginx >/dev/null || missing+=(nginx)
-    command -v varnishd >/dev/null || missing+=(varnish)
-    if [ ${#missing[@]} -gt 0 ]; then
-        log "installing ${missing[*]}"
-        apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-    fi
-fi
-
 # shellcheck source=benches/servers.sh
 source "$here/servers.sh" cache_tests
+
+if [ "$peers" = 1 ]; then
+    install_missing nginx:nginx varnish:varnishd
+fi
 
 read -r p_origin p_djw p_nginx p_varnish p_mw < <(python3 "$here/http_compare.py" ports 5)
 

@@ -77,15 +77,10 @@ die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 command -v python3 >/dev/null || die "python3 is needed"
 command -v curl >/dev/null || die "curl is needed"
 
-missing=()
-command -v nginx >/dev/null || missing+=(nginx)
-command -v varnishd >/dev/null || missing+=(varnish)
-command -v wrk >/dev/null || missing+=(wrk)
-if [ ${#missing[@]} -gt 0 ]; then
-    log "installing ${missing[*]}"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
+# shellcheck source=benches/servers.sh
+source "$here/servers.sh" http_compare
+
+install_missing nginx:nginx varnish:varnishd wrk:wrk
 
 have_djw=0
 if [ -x "$djw" ] && "$djw" serve --help >/dev/null 2>&1; then
@@ -99,8 +94,6 @@ fi
 # Sockets: 1000 clients plus as many upstream connections per proxy.
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
-# shellcheck source=benches/servers.sh
-source "$here/servers.sh" http_compare
 
 read -r p_origin p_static p_nginx p_varnish p_djw p_metrics < <(python3 "$helper" ports 6)
 run_id=$(date +%s)-$$
