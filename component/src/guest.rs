@@ -258,7 +258,7 @@ impl cx::GuestCache for CacheImpl {
     async fn get(
         &self,
         key: String,
-        conditions: cx::Conditions,
+        conditions: wit::Conditions,
         origin: origin::Fetcher,
     ) -> Result<cx::Response, wit::Error> {
         #[cfg(feature = "fault-injection")]

@@ -15,8 +15,10 @@ mod bindings {
     wit_bindgen::generate!({ path: "../wit", world: "hit-path" });
 }
 
+use crate::http::exchange;
+use crate::http::rfc9111::Policy;
 use bindings::daramjwee::cache::types as wit;
-use bindings::exports::daramjwee::cache::hits;
+use bindings::exports::daramjwee::cache::{hits, http as hx};
 
 /// What the hit path never has: a body stream, a write, an origin.
 pub enum Never {}
@@ -198,6 +200,144 @@ impl hits::Guest for Component {
                 Err(_) => hits::Verdict::Refused,
             }
         })
+    }
+}
+
+impl From<hx::Policy> for Policy {
+    fn from(p: hx::Policy) -> Self {
+        Policy {
+            default_ttl: p.default_ttl,
+            stale_while_revalidate: p.stale_while_revalidate,
+            variants: p.variants,
+            remember_missing: p.remember_missing,
+        }
+    }
+}
+
+/// A trap on a request carrying `x-daramjwee-fault: trap` (or `loop`,
+/// `oom`), in builds for the host's isolation tests: the rules' calls are
+/// where client and origin bytes are read, so that is where a parser bug
+/// would strike.
+#[cfg(feature = "fault-injection")]
+fn inject(fields: &[(String, Vec<u8>)]) {
+    for (name, value) in fields {
+        if name == "x-daramjwee-fault"
+            && let Ok(value) = std::str::from_utf8(value)
+        {
+            crate::faults::inject(&format!("fault:{value}"));
+        }
+    }
+}
+
+#[cfg(not(feature = "fault-injection"))]
+fn inject(_: &[(String, Vec<u8>)]) {}
+
+impl hx::Guest for Component {
+    fn end_to_end(fields: Vec<hx::Field>) -> Vec<u32> {
+        inject(&fields);
+        exchange::end_to_end(&fields)
+    }
+
+    fn read_request(request: Vec<hx::Field>) -> hx::Reading {
+        inject(&request);
+        let reading = exchange::read_request(&request);
+        let c = reading.conditions;
+        hx::Reading {
+            conditions: wit::Conditions {
+                if_none_match: c.if_none_match,
+                max_age: c.max_age,
+                min_fresh: c.min_fresh,
+                max_stale: c.max_stale,
+            },
+            only_if_cached: reading.only_if_cached,
+        }
+    }
+
+    fn upstream(
+        request: Vec<hx::Field>,
+        client: Option<String>,
+        scheme: String,
+        fill: bool,
+        held: Option<wit::Metadata>,
+    ) -> hx::UpstreamHead {
+        inject(&request);
+        let held: Option<Metadata> = held.map(Into::into);
+        let up = exchange::upstream(&request, client.as_deref(), &scheme, fill, held.as_ref());
+        hx::UpstreamHead {
+            kept: up.kept,
+            added: up.added,
+        }
+    }
+
+    fn judge(
+        answer: hx::Answer,
+        held: Option<wit::Metadata>,
+        policy: hx::Policy,
+        set: String,
+    ) -> hx::Judged {
+        inject(&answer.response);
+        let held: Option<Metadata> = held.map(Into::into);
+        let judged = exchange::judge(
+            &exchange::Answer {
+                request: &answer.request,
+                status: answer.status,
+                response: &answer.response,
+                request_time: answer.request_time,
+                now_ms: answer.now,
+            },
+            held.as_ref(),
+            &policy.into(),
+            || set,
+        );
+        hx::Judged {
+            judgement: match judged.judgement {
+                exchange::Judgement::Missing => hx::Judgement::Missing,
+                exchange::Judgement::Body { stored } => hx::Judgement::Body(stored),
+                exchange::Judgement::Passed => hx::Judgement::Passed,
+                exchange::Judgement::Revalidated => hx::Judgement::Revalidated,
+            },
+            meta: judged.meta.into(),
+            personal: judged.personal,
+        }
+    }
+
+    fn variant_key(
+        key: String,
+        attributes: Vec<hx::TextField>,
+        request: Vec<hx::Field>,
+    ) -> Option<String> {
+        inject(&request);
+        exchange::variant(&key, &attributes, &request)
+    }
+
+    fn not_modified(attributes: Vec<hx::TextField>, request: Vec<hx::Field>) -> bool {
+        inject(&request);
+        exchange::not_modified(&attributes, &request)
+    }
+
+    fn invalidated(
+        method: String,
+        status: u16,
+        origin: hx::OriginUrl,
+        key: String,
+        response: Vec<hx::Field>,
+    ) -> Vec<String> {
+        inject(&response);
+        let origin = exchange::OriginUrl {
+            scheme: origin.scheme,
+            authority: origin.authority,
+            prefix: origin.prefix,
+        };
+        exchange::invalidated(&method, status, &origin, &key, &response)
+    }
+
+    fn stored_head(
+        fields: Vec<hx::Field>,
+        policy: hx::Policy,
+        now: wit::Timestamp,
+    ) -> wit::Metadata {
+        inject(&fields);
+        exchange::stored_head(&fields, &policy.into(), now).into()
     }
 }
 

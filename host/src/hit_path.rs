@@ -26,7 +26,7 @@ use crate::{Error, Result, Status};
 use bindings::exports::daramjwee::cache::hits::Verdict;
 
 #[allow(missing_docs, reason = "generated bindings")]
-mod bindings {
+pub(crate) mod bindings {
     wasmtime::component::bindgen!({
         path: "../wit",
         world: "daramjwee:cache/hit-path",
@@ -89,6 +89,22 @@ pub(crate) fn load(wasm: &'static Wasm, cache_dir: Option<&std::path::Path>) -> 
     Ok(pre)
 }
 
+/// A store for plain synchronous calls into the hit-path component,
+/// its memory capped at `memory_limit` and each call at `call_ticks`.
+/// Each call is one plain call: a deadline set before it bounds it, with
+/// no need to watch the transitions.
+pub(crate) fn plain_store(memory_limit: usize, call_ticks: u64) -> Result<Store<HostState>> {
+    let limits = StoreLimitsBuilder::new()
+        .memory_size(memory_limit)
+        .trap_on_grow_failure(true)
+        .build();
+    let mut store = Store::new(&runtime()?.sync_engine, HostState::new(limits));
+    store.limiter(|state| &mut state.limits);
+    store.epoch_deadline_trap();
+    store.set_epoch_deadline(call_ticks);
+    Ok(store)
+}
+
 /// One instance of the hit path, opened for a cache, and its tier 0.
 struct Instance {
     store: Store<HostState>,
@@ -108,16 +124,7 @@ impl Instance {
                 "hit path: a cache has at least one tier".into(),
             ));
         };
-        let limits = StoreLimitsBuilder::new()
-            .memory_size(spec.memory_limit)
-            .trap_on_grow_failure(true)
-            .build();
-        let mut store = Store::new(&runtime()?.sync_engine, HostState::new(limits));
-        store.limiter(|state| &mut state.limits);
-        // Each call is one plain call: a deadline set before it bounds it
-        // (`peek_whole`), with no need to watch the transitions.
-        store.epoch_deadline_trap();
-        store.set_epoch_deadline(spec.call_ticks);
+        let mut store = plain_store(spec.memory_limit, spec.call_ticks)?;
         let guest = pre.instantiate(&mut store).map_err(engine_err)?;
         let names: Vec<String> = spec.tiers.iter().map(|t| t.name()).collect();
         guest

@@ -39,6 +39,7 @@ mod memory;
 mod meta;
 mod object;
 mod pool;
+mod rules;
 pub mod serve;
 mod shard;
 mod spec;
@@ -59,6 +60,7 @@ pub use memory::MemoryStore;
 pub use meta::Metadata;
 pub use object::{MetadataPlacement, ObjectStoreTier};
 pub use pool::{PoolStats, WorkerStrategy};
+pub use rules::{HttpRules, Judged, Judgement, OriginUrl, Policy, RawFields, Reading, Upstream};
 pub use spec::{DEFAULT_POLICY, TierSpec, parse_size};
 pub use tier::{ByteStream, StoreStats, Tier, TierEntry, TierSink};
 

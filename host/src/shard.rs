@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use wasmtime::component::{Accessor, ResourceAny};
 use wasmtime::{Store, StoreLimitsBuilder, UpdateDeadline};
 
-use crate::bindings::cache::Conditions as WitConditions;
+use crate::bindings::types::Conditions as WitConditions;
 use crate::bindings::{cache, scheduler, types};
 use crate::body::{Body, OpenBodies};
 use crate::component::{Loaded, TICK, runtime};

@@ -4,6 +4,7 @@
 //! ([`rfc9111`]) and what it says in `Cache-Status` (RFC 9211). Plain text
 //! in, plain text out, so each face keeps its own HTTP library.
 
+pub mod exchange;
 pub mod rfc9111;
 
 /// The `Cache-Status` header name.

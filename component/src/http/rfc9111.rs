@@ -485,6 +485,9 @@ pub struct Policy {
     /// ([`variant_key`], [`variant_fits`]); without it such responses are
     /// not stored.
     pub variants: bool,
+    /// A 404 or 410 that states no lifetime is kept as a negative entry
+    /// (the operator set a negative window); else it is passed.
+    pub remember_missing: bool,
 }
 
 /// Why a response is not stored.

@@ -5,6 +5,7 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
+use daramjwee_component::http::exchange;
 use daramjwee_component::http::rfc9111::{self, Policy};
 use daramjwee_component::http::{CACHE_STATUS, Forward, Served, cache_status, failure_status};
 use daramjwee_component::{
@@ -16,7 +17,7 @@ use wasip3::http::types::{
 use wasip3::{wit_future, wit_stream};
 
 use crate::body::EdgeBody;
-use crate::origin::{HttpOrigin, NOT_CACHED, PASSED, Passed, pass, text_of};
+use crate::origin::{HttpOrigin, NOT_CACHED, PASSED, Passed, pass};
 use crate::runtime::EdgeRt;
 use crate::settings::Settings;
 
@@ -71,9 +72,7 @@ impl<T: Tier<Body = EdgeBody>> EdgeCache<T> {
             return Ok(self.pass(&key, method, request).await);
         }
         drop(request);
-        let text = text_of(&fields);
-        let conditions = rfc9111::request_conditions(&text);
-        let cached_only = rfc9111::Directives::of_request(&text).only_if_cached;
+        let reading = exchange::read_request(&fields);
         let forward = Rc::new(RefCell::new(Forward::default()));
         let origin = HttpOrigin::new(
             Rc::clone(&self.origin),
@@ -85,14 +84,14 @@ impl<T: Tier<Body = EdgeBody>> EdgeCache<T> {
                 stale_while_revalidate: 0,
                 // One entry a URL: a response that varies is not stored.
                 variants: false,
+                remember_missing: self.settings.engine.negative_fresh_for > 0,
             },
             Rc::clone(&forward),
         )
-        .for_request(&fields, cached_only)
-        .remembering_missing(self.settings.engine.negative_fresh_for > 0);
+        .for_request(&fields, reading.only_if_cached);
         let result = self
             .engine
-            .get_with(&key, &conditions, origin.clone())
+            .get_with(&key, &reading.conditions, origin.clone())
             .await;
         let mut forward = forward.borrow().clone();
         let response = match result {
@@ -137,7 +136,7 @@ impl<T: Tier<Body = EdgeBody>> EdgeCache<T> {
         // A client's `If-Modified-Since` that the stored `Last-Modified`
         // answers.
         let mut body = response.body;
-        if status == 200 && rfc9111::not_modified_since(&response.meta.attributes, &text) {
+        if status == 200 && exchange::not_modified(&response.meta.attributes, &fields) {
             status = 304;
             if let Some(body) = body.take() {
                 // Read anyway, so that a miss still fills the cache.
@@ -203,28 +202,20 @@ impl<T: Tier<Body = EdgeBody>> EdgeCache<T> {
             Err(e) => return failure(&e, &forward),
         };
         let code = passed.response.get_status_code();
-        if rfc9111::invalidates(method_name(&method), code) {
-            let mut targets = vec![key.to_owned()];
-            let headers = passed.response.get_headers();
-            let url = &self.origin;
-            let scheme = match &url.scheme {
+        let url = &self.origin;
+        let origin = exchange::OriginUrl {
+            scheme: match &url.scheme {
                 Scheme::Http => "http",
                 Scheme::Https => "https",
                 Scheme::Other(other) => other.as_str(),
-            };
-            for name in ["location", "content-location"] {
-                for value in headers.get(name) {
-                    if let Some(target) = std::str::from_utf8(&value).ok().and_then(|v| {
-                        rfc9111::invalidated_target(scheme, &url.authority, &url.path, key, v)
-                    }) {
-                        targets.push(target);
-                    }
-                }
             }
-            drop(headers);
-            for target in targets {
-                let _ = self.engine.delete(&target).await;
-            }
+            .to_owned(),
+            authority: url.authority.clone(),
+            prefix: url.path.clone(),
+        };
+        let fields = passed.response.get_headers().copy_all();
+        for target in exchange::invalidated(method_name(&method), code, &origin, key, &fields) {
+            let _ = self.engine.delete(&target).await;
         }
         let forward = Forward {
             status: Some(code),
@@ -297,10 +288,10 @@ fn relay(passed: Passed, cache_status: String, head: bool) -> Response {
     } = passed;
     let status = response.get_status_code();
     let origin_fields = response.get_headers().copy_all();
-    let text = text_of(&origin_fields);
     let fields = Fields::new();
-    for (name, value) in &origin_fields {
-        if !rfc9111::hop_by_hop(&text, name) && !name.eq_ignore_ascii_case(CACHE_STATUS) {
+    for i in exchange::end_to_end(&origin_fields) {
+        let (name, value) = &origin_fields[i as usize];
+        if !name.eq_ignore_ascii_case(CACHE_STATUS) {
             let _ = fields.append(name, value);
         }
     }

@@ -7,7 +7,8 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use daramjwee_component::http::Forward;
-use daramjwee_component::http::rfc9111::{self, Policy};
+use daramjwee_component::http::exchange::{self, Judgement};
+use daramjwee_component::http::rfc9111::Policy;
 use daramjwee_component::{Error, Fetched, Metadata, Origin, Result};
 use wasip3::http::client;
 use wasip3::http::types::{ErrorCode, Fields, Request, RequestOptions, Response, Trailers};
@@ -51,17 +52,14 @@ pub struct HttpOrigin {
     /// The operator's choices the RFC leaves to the cache.
     policy: Policy,
     forward: Rc<RefCell<Forward>>,
-    /// The client's request fields as text, for the rules.
-    request: Rc<Vec<(String, String)>>,
+    /// The client's request fields as they came, for the rules.
+    request: Rc<Vec<(String, Vec<u8>)>>,
     /// The fields a fill sends: the client's that go upstream, and ours.
     upstream: Rc<Vec<(String, Vec<u8>)>>,
     /// The client said `only-if-cached`: the origin is not asked.
     cached_only: bool,
     /// An answer the cache does not keep, for the request to relay.
     passed: Rc<RefCell<Option<Passed>>>,
-    /// A 404 or 410 without a lifetime of its own is kept as a negative
-    /// entry (the operator set a negative window).
-    remember_missing: bool,
 }
 
 impl HttpOrigin {
@@ -79,42 +77,18 @@ impl HttpOrigin {
             policy,
             forward,
             request: Rc::default(),
-            upstream: Rc::new(
-                rfc9111::upstream_added(&[], None, "http")
-                    .into_iter()
-                    .map(|(n, v)| (n, v.into_bytes()))
-                    .collect(),
-            ),
+            upstream: Rc::new(upstream_of(&[], true)),
             cached_only: false,
             passed: Rc::default(),
-            remember_missing: true,
         }
-    }
-
-    /// This fetcher, keeping 404s and 410s without a lifetime of their
-    /// own as negative entries or not.
-    pub(crate) fn remembering_missing(mut self, remember: bool) -> Self {
-        self.remember_missing = remember;
-        self
     }
 
     /// This fetcher for a client that sent `fields` (name, raw value):
     /// the end-to-end ones go to the origin with a fill, and the rules
     /// read them. `only-if-cached`: never ask the origin.
     pub(crate) fn for_request(mut self, fields: &[(String, Vec<u8>)], cached_only: bool) -> Self {
-        let text = text_of(fields);
-        let mut upstream: Vec<(String, Vec<u8>)> = fields
-            .iter()
-            .filter(|(name, _)| rfc9111::sent_upstream(&text, name, true))
-            .cloned()
-            .collect();
-        upstream.extend(
-            rfc9111::upstream_added(&text, None, "http")
-                .into_iter()
-                .map(|(n, v)| (n, v.into_bytes())),
-        );
-        self.request = Rc::new(text);
-        self.upstream = Rc::new(upstream);
+        self.request = Rc::new(fields.to_vec());
+        self.upstream = Rc::new(upstream_of(fields, true));
         self.cached_only = cached_only;
         self
     }
@@ -133,20 +107,10 @@ impl HttpOrigin {
             // A field the host will not send is left out, not fatal.
             let _ = headers.append(name, value);
         }
-        if let Some(held) = held {
-            if !held.tag.is_empty() {
-                let tag = &held.tag;
-                headers
-                    .set("if-none-match", &[tag.as_bytes().to_vec()])
-                    .map_err(|e| {
-                        Error::Origin(format!("the tag {tag:?} is not a header value: {e:?}"))
-                    })?;
-            }
-            if let Some((_, modified)) =
-                rfc9111::stored_fields(&held.attributes).find(|(n, _)| *n == "last-modified")
-            {
-                let _ = headers.set("if-modified-since", &[modified.as_bytes().to_vec()]);
-            }
+        for (name, value) in exchange::validators(held) {
+            headers.set(&name, &[value.into_bytes()]).map_err(|e| {
+                Error::Origin(format!("the stored {name} is not a header value: {e:?}"))
+            })?;
         }
         let options = RequestOptions::new();
         let timeout_ns = self.timeout_ms.saturating_mul(1_000_000);
@@ -183,66 +147,44 @@ impl Origin for HttpOrigin {
             return Err(Error::Origin(NOT_CACHED.into()));
         }
         self.forward.borrow_mut().fetched = true;
-        let held = held.filter(|m| {
-            !m.negative
-                && (!m.tag.is_empty()
-                    || rfc9111::stored_fields(&m.attributes).any(|(n, _)| n == "last-modified"))
-        });
         let request_time = (now_ms() / 1000) as i64;
         let (response, sent) = self.send(key, held).await?;
         let status = response.get_status_code();
         self.forward.borrow_mut().status = Some(status);
-        match status {
-            304 if let Some(held) = held => {
-                // The 304's fields update the stored ones, and the
-                // freshness they give counts from now.
-                let fields = text_of(&response.get_headers().copy_all());
-                return Ok(Fetched::Revalidated(rfc9111::revalidated(
-                    held,
-                    &fields,
-                    &self.request,
-                    request_time,
-                    &self.policy,
-                    now_ms(),
-                    String::new,
-                )));
-            }
-            _ => {}
-        }
         let headers = response.get_headers();
         let raw = headers.copy_all();
-        let text = rfc9111::kept_fields_are_text(raw.iter().map(|(n, v)| (n.as_str(), &v[..])));
-        let fields = text_of(&raw);
-        let now_ms = now_ms();
-        let decision = rfc9111::decide(
-            &rfc9111::Exchange {
-                method: "GET",
+        drop(headers);
+        let judged = exchange::judge(
+            &exchange::Answer {
                 request: &self.request,
                 status,
-                response: &fields,
+                response: &raw,
                 request_time,
-                response_time: (now_ms / 1000) as i64,
+                now_ms: now_ms(),
             },
+            held,
             &self.policy,
+            String::new,
         );
-        match rfc9111::fill(status, &decision, text, self.remember_missing) {
-            rfc9111::Fill::Missing => Ok(Fetched::NotFound),
-            rfc9111::Fill::Body { stored } => {
-                let meta = rfc9111::entry_meta_of(status, &fields, &decision, now_ms);
+        match judged.judgement {
+            // The 304's fields updated the stored ones, and the freshness
+            // they give counts from now.
+            Judgement::Revalidated => Ok(Fetched::Revalidated(judged.meta)),
+            Judgement::Missing => Ok(Fetched::NotFound),
+            Judgement::Body { stored } => {
                 let no_store = !stored;
                 self.forward.borrow_mut().no_store = no_store;
-                drop(headers);
                 let body = EdgeBody::of_response(response, sent);
                 let size = body.expected();
                 Ok(Fetched::Body {
-                    meta,
+                    meta: judged.meta,
                     body,
                     no_store,
                     size,
                 })
             }
             // Any other status goes to the client as it came.
-            rfc9111::Fill::Passed => {
+            Judgement::Passed => {
                 self.forward.borrow_mut().no_store = true;
                 *self.passed.borrow_mut() = Some(Passed {
                     response,
@@ -255,16 +197,14 @@ impl Origin for HttpOrigin {
     }
 }
 
-/// Fields as text, for the rules: values that are not UTF-8 are left out
-/// of the reading (never altered on the wire).
-pub(crate) fn text_of(fields: &[(String, Vec<u8>)]) -> Vec<(String, String)> {
-    fields
+/// The fields a request with `fields` takes to the origin, for a fill or
+/// not, as the rules choose them ([`exchange::upstream`]).
+fn upstream_of(fields: &[(String, Vec<u8>)], fill: bool) -> Vec<(String, Vec<u8>)> {
+    let up = exchange::upstream(fields, None, "http", fill, None);
+    up.kept
         .iter()
-        .filter_map(|(name, value)| {
-            std::str::from_utf8(value)
-                .ok()
-                .map(|v| (name.clone(), v.to_owned()))
-        })
+        .filter_map(|&i| fields.get(i as usize).cloned())
+        .chain(up.added.into_iter().map(|(n, v)| (n, v.into_bytes())))
         .collect()
 }
 
@@ -279,15 +219,10 @@ pub(crate) async fn pass(
 ) -> Result<Passed> {
     let method = request.get_method();
     let fields = request.get_headers().copy_all();
-    let text = text_of(&fields);
     let headers = Fields::new();
-    for (name, value) in &fields {
-        if rfc9111::sent_upstream(&text, name, false) {
-            let _ = headers.append(name, value);
-        }
-    }
-    for (name, value) in rfc9111::upstream_added(&text, None, "http") {
-        let _ = headers.append(&name, value.as_bytes());
+    for (name, value) in upstream_of(&fields, false) {
+        // A field the host will not send is left out, not fatal.
+        let _ = headers.append(&name, &value);
     }
     let (received, received_rx) = wit_future::new(|| Ok::<(), ErrorCode>(()));
     let (body, trailers) = Request::consume_body(request, received_rx);

@@ -292,6 +292,7 @@ impl Head {
                 stale_while_revalidate: settings.stale_while_revalidate / 1000,
                 // One entry a URL: a response that varies is not stored.
                 variants: false,
+                remember_missing: false,
             },
         )
     }

@@ -40,9 +40,15 @@ use tokio::task::JoinHandle;
 pub use config::{DEFAULT_LISTEN, ServeArgs, ServeConfig, default_tiers, parse_duration};
 pub use metrics::Metrics;
 
+use crate::rules::{HttpRules, Policy};
 use crate::tier::Tier;
 use crate::{Cache, Error, ObjectStoreTier, Result};
-use daramjwee_component::http::rfc9111::Policy;
+
+/// Memory an instance of the HTTP rules may grow to.
+const RULES_MEMORY: usize = 64 << 20;
+
+/// How long one call of the HTTP rules may run.
+const RULES_CALL_TIME: Duration = Duration::from_secs(1);
 
 /// How long shutdown waits for responses in flight.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -109,8 +115,14 @@ impl Server {
                 default_ttl: config.fresh_for.as_secs(),
                 stale_while_revalidate: config.stale_while_revalidate.as_secs(),
                 variants: true,
+                remember_missing: !config.negative_fresh_for.is_zero(),
             },
-            remember_missing: !config.negative_fresh_for.is_zero(),
+            rules: HttpRules::embedded(
+                crate::default_compile_cache().as_deref(),
+                RULES_MEMORY,
+                RULES_CALL_TIME,
+            )?,
+            origin_url: proxy::origin_url_parts(&origin)?,
         });
         let listener = bind("listen", config.listen).await?;
         let addr = listener.local_addr().map_err(io_error)?;

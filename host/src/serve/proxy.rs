@@ -1,8 +1,10 @@
 //! The HTTP face of the cache: requests in, the origin behind, the shared
-//! cache's rules of RFC 9111 (`daramjwee_component::http::rfc9111`, the
-//! one copy every home calls) where they apply and an RFC 9211
-//! `Cache-Status` out. What the cache does not keep passes through as it
-//! came.
+//! cache's rules of RFC 9111 where they apply and an RFC 9211
+//! `Cache-Status` out. Every reading of a client's or the origin's head
+//! is the rules' (`HttpRules`: the engine component's `http` interface,
+//! judged in the sandbox); this module moves bytes and builds responses
+//! from what they decide. What the cache does not keep passes through as
+//! it came.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -21,8 +23,9 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::metrics::Metrics;
+use crate::rules::{HttpRules, Judgement, OriginUrl, Policy};
 use crate::{Cache, Error, FetchResult, Fetcher, GetResponse, Metadata, Result, Source, Status};
-use daramjwee_component::http::rfc9111::{self, Decision, Exchange, Policy};
+use daramjwee_component::http::rfc9111;
 use daramjwee_component::http::{
     CACHE_STATUS, Forward as Outcome, Served, cache_status as status_line, failure_status,
 };
@@ -56,61 +59,76 @@ pub(crate) struct State {
     pub window_ms: u64,
     /// The operator's choices the RFC leaves to the cache.
     pub policy: Policy,
-    /// A negative window is set (`--negative-fresh-for`).
-    pub remember_missing: bool,
+    /// The rules, judged in the engine component.
+    pub rules: HttpRules,
+    /// The origin's scheme, authority and path prefix, for the rules.
+    pub origin_url: OriginUrl,
 }
 
-/// A header map's fields as text, for the rules (values that are not
-/// UTF-8 are left out of the reading, never altered on the wire; UTF-8
-/// beyond ASCII is text).
-fn text_fields(headers: &HeaderMap) -> Vec<(String, String)> {
+/// A header map's fields as they came, for the rules.
+fn raw_fields(headers: &HeaderMap) -> Vec<(String, Vec<u8>)> {
     headers
         .iter()
-        .filter_map(|(name, value)| {
-            std::str::from_utf8(value.as_bytes())
-                .ok()
-                .map(|v| (name.as_str().to_owned(), v.to_owned()))
-        })
+        .map(|(name, value)| (name.as_str().to_owned(), value.as_bytes().to_vec()))
         .collect()
 }
 
-/// `headers` less the hop-by-hop fields (those `Connection` names too).
-fn end_to_end(headers: &HeaderMap) -> HeaderMap {
-    let fields = text_fields(headers);
-    let mut out = HeaderMap::with_capacity(headers.len());
-    for (name, value) in headers {
-        if !rfc9111::hop_by_hop(&fields, name.as_str()) {
+/// The fields of `headers` at `indices` (of its iteration order, as
+/// [`raw_fields`] lists them).
+fn picked(headers: &HeaderMap, indices: &[u32]) -> HeaderMap {
+    let mut out = HeaderMap::with_capacity(indices.len());
+    let mut wanted = indices.iter().copied().peekable();
+    for (i, (name, value)) in headers.iter().enumerate() {
+        if wanted.peek() == Some(&(i as u32)) {
+            wanted.next();
             out.append(name.clone(), value.clone());
         }
     }
     out
 }
 
-/// The fields a request takes to the origin (`rfc9111::sent_upstream`,
-/// for a fill or not, and `rfc9111::upstream_added`); `fields` is
-/// `request` as text.
+/// `headers` less the hop-by-hop fields (those `Connection` names too),
+/// as the rules choose them.
+fn end_to_end(rules: &HttpRules, headers: &HeaderMap) -> Result<HeaderMap> {
+    let kept = rules.end_to_end(&raw_fields(headers))?;
+    Ok(picked(headers, &kept))
+}
+
+/// The fields a request with `headers` (as they came, and as `raw`) takes
+/// to the origin, as the rules choose them (for a fill of `held`, with
+/// its validators).
 fn upstream_fields(
-    request: &HeaderMap,
-    fields: &rfc9111::Fields,
+    rules: &HttpRules,
+    headers: &HeaderMap,
+    raw: &[(String, Vec<u8>)],
     peer: Option<Peer>,
     fill: bool,
-) -> HeaderMap {
-    let mut headers = HeaderMap::with_capacity(request.len() + 3);
-    for (name, value) in request {
-        if rfc9111::sent_upstream(fields, name.as_str(), fill) {
-            headers.append(name.clone(), value.clone());
-        }
-    }
+    held: Option<&Metadata>,
+) -> Result<HeaderMap> {
     let client = peer.map(|Peer(addr)| addr.ip().to_string());
-    for (name, value) in rfc9111::upstream_added(fields, client.as_deref(), "http") {
+    let up = rules.upstream(raw, client.as_deref(), "http", fill, held)?;
+    let mut out = picked(headers, &up.kept);
+    for (name, value) in up.added {
         if let (Ok(name), Ok(value)) = (
             HeaderName::from_bytes(name.as_bytes()),
             HeaderValue::from_str(&value),
         ) {
-            headers.insert(name, value);
+            out.insert(name, value);
         }
     }
-    headers
+    Ok(out)
+}
+
+/// Where `origin` (a base URL) is, as the rules need it to tell which
+/// `Location`s are its own.
+pub(crate) fn origin_url_parts(origin: &str) -> Result<OriginUrl> {
+    let url = reqwest::Url::parse(origin)
+        .map_err(|e| Error::InvalidConfig(format!("origin: {origin}: {e}")))?;
+    Ok(OriginUrl {
+        scheme: url.scheme().to_owned(),
+        authority: url[url::Position::BeforeHost..url::Position::AfterPort].to_owned(),
+        prefix: url.path().trim_end_matches('/').to_owned(),
+    })
 }
 
 /// The origin URL of request target `key`, or why it cannot be fetched
@@ -210,24 +228,15 @@ impl Fetcher for HttpOrigin {
         self.record(|t| t.outcome.fetched = true);
         let state = &self.state;
         let url = origin_url(&state.origin, &self.key).map_err(Error::Origin)?;
-        let request_fields = text_fields(&self.request);
-        let mut headers = upstream_fields(&self.request, &request_fields, self.peer, true);
-        let held = held.filter(|m| !m.negative);
-        if let Some(held) = held {
-            if !held.tag.is_empty()
-                && let Ok(tag) = HeaderValue::from_str(&held.tag)
-            {
-                headers.insert(header::IF_NONE_MATCH, tag);
-            }
-            if let Some((_, modified)) =
-                rfc9111::stored_fields(&held.attributes).find(|(n, _)| *n == "last-modified")
-                && let Ok(modified) = HeaderValue::from_str(modified)
-            {
-                headers.insert(header::IF_MODIFIED_SINCE, modified);
-            }
-        }
-        let conditional = headers.contains_key(header::IF_NONE_MATCH)
-            || headers.contains_key(header::IF_MODIFIED_SINCE);
+        let raw_request = raw_fields(&self.request);
+        let headers = upstream_fields(
+            &state.rules,
+            &self.request,
+            &raw_request,
+            self.peer,
+            true,
+            held,
+        )?;
         let request_time = now_secs();
         let request = state.client.get(url.clone()).headers(headers);
         let response = match tokio::time::timeout(state.origin_timeout, request.send()).await {
@@ -240,64 +249,31 @@ impl Fetcher for HttpOrigin {
             Ok(Err(e)) => return Err(Error::Origin(format!("{url}: {}", causes(&e)))),
             Ok(Ok(response)) => response,
         };
-        let status = response.status();
-        self.record(|t| t.outcome.status = Some(status.as_u16()));
-        let fields = text_fields(response.headers());
-        if status == StatusCode::NOT_MODIFIED
-            && conditional
-            && let Some(held) = held
-        {
-            // The 304's fields update the stored ones, and the freshness
-            // they give counts from now.
-            let meta = rfc9111::revalidated(
-                &held.into(),
-                &fields,
-                &request_fields,
-                request_time,
-                &state.policy,
-                now_ms(),
-                new_set,
-            );
-            return Ok(FetchResult::Revalidated(meta.into()));
-        }
-        let decision = rfc9111::decide(
-            &Exchange {
-                method: "GET",
-                request: &request_fields,
-                status: status.as_u16(),
-                response: &fields,
-                request_time,
-                response_time: now_secs(),
-            },
+        let status = response.status().as_u16();
+        self.record(|t| t.outcome.status = Some(status));
+        let judged = state.rules.judge(
+            &raw_request,
+            status,
+            &raw_fields(response.headers()),
+            request_time,
+            now_ms(),
+            held,
             &state.policy,
-        );
-        let control = rfc9111::Directives::of_response(&fields);
-        if let Ok(mut trip) = self.trip.lock() {
-            for (name, value) in response.headers() {
-                let name_text = name.as_str();
-                if matches!(name_text, "set-cookie" | "set-cookie2")
-                    || control.private_fields.iter().any(|f| f == name_text)
-                    || control.no_cache_fields.iter().any(|f| f == name_text)
-                {
-                    trip.personal.append(name.clone(), value.clone());
-                }
-            }
+            &new_set(),
+        )?;
+        if !judged.personal.is_empty() {
+            let personal = picked(response.headers(), &judged.personal);
+            self.record(|t| t.personal = personal);
         }
-        let code = status.as_u16();
-        let text = rfc9111::kept_fields_are_text(
-            response
-                .headers()
-                .iter()
-                .map(|(n, v)| (n.as_str(), v.as_bytes())),
-        );
-        match rfc9111::fill(code, &decision, text, state.remember_missing) {
-            rfc9111::Fill::Missing => Ok(FetchResult::NotFound),
-            rfc9111::Fill::Body { stored } => {
+        match judged.judgement {
+            // The 304's fields updated the stored ones, and the freshness
+            // they give counts from now.
+            Judgement::Revalidated => Ok(FetchResult::Revalidated(judged.meta)),
+            Judgement::Missing => Ok(FetchResult::NotFound),
+            Judgement::Body { stored } => {
                 self.record(|t| t.outcome.no_store = !stored);
-                let mut meta = rfc9111::entry_meta_of(code, &fields, &decision, now_ms());
-                rfc9111::mark_variant(&mut meta, &request_fields, new_set);
                 Ok(FetchResult::Body {
-                    meta: meta.into(),
+                    meta: judged.meta,
                     size: response.content_length(),
                     body: Box::pin(response.bytes_stream().map_err(move |e| {
                         Error::Origin(format!("the body of {url} broke off: {}", causes(&e)))
@@ -305,7 +281,7 @@ impl Fetcher for HttpOrigin {
                     no_store: !stored,
                 })
             }
-            rfc9111::Fill::Passed => {
+            Judgement::Passed => {
                 self.record(|t| {
                     t.outcome.no_store = true;
                     t.passed = Some(response);
@@ -349,12 +325,6 @@ fn new_set() -> String {
         now_ms(),
         NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     )
-}
-
-/// The entry metadata of a response of `status` with `fields`, as the
-/// rules decide.
-fn meta_of(status: u16, fields: &rfc9111::Fields, decision: &Decision) -> Metadata {
-    rfc9111::entry_meta_of(status, fields, decision, now_ms()).into()
 }
 
 /// Serve one request on the proxy listener. Never fails: every problem
@@ -419,7 +389,11 @@ async fn pass(
     let peer = request.extensions().get::<Peer>().copied();
     let (parts, body) = request.into_parts();
     let method = parts.method.clone();
-    let headers = upstream_fields(&parts.headers, &text_fields(&parts.headers), peer, false);
+    let raw = raw_fields(&parts.headers);
+    let headers = match upstream_fields(&state.rules, &parts.headers, &raw, peer, false, None) {
+        Ok(headers) => headers,
+        Err(e) => return failure(&e, &Outcome::default()),
+    };
     let body = reqwest::Body::wrap_stream(body.into_data_stream());
     let request = state
         .client
@@ -431,42 +405,49 @@ async fn pass(
         Ok(Err(e)) => return unreachable_origin(&format!("{url}: {}", causes(&e)), false),
         Err(_) => return unreachable_origin(&format!("{url} did not answer"), true),
     };
-    if rfc9111::invalidates(method.as_str(), response.status().as_u16()) {
-        let mut targets = vec![key.to_owned()];
-        let authority = &url[url::Position::BeforeHost..url::Position::AfterPort];
-        let prefix = reqwest::Url::parse(&state.origin)
-            .map(|base| base.path().trim_end_matches('/').to_owned())
-            .unwrap_or_default();
-        for name in [header::LOCATION, header::CONTENT_LOCATION] {
-            if let Some(target) = response
-                .headers()
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| rfc9111::invalidated_target(url.scheme(), authority, &prefix, key, v))
-            {
-                targets.push(target);
-            }
-        }
-        for target in targets {
-            if let Err(e) = state.cache.delete(&target).await {
-                tracing::warn!(target, "cannot invalidate after {method}: {e}");
-            }
-        }
-    }
     let outcome = Outcome {
         fetched: true,
         status: Some(response.status().as_u16()),
         no_store: true,
     };
+    let targets = state.rules.invalidated(
+        method.as_str(),
+        response.status().as_u16(),
+        &state.origin_url,
+        key,
+        &raw_fields(response.headers()),
+    );
+    let targets = match targets {
+        Ok(targets) => targets,
+        Err(e) => return failure(&e, &outcome),
+    };
+    for target in targets {
+        if let Err(e) = state.cache.delete(&target).await {
+            tracing::warn!(target, "cannot invalidate after {method}: {e}");
+        }
+    }
     state.metrics.misses.inc();
-    relay(response, status_line(Served::Origin, &outcome))
+    relay(
+        &state.rules,
+        response,
+        status_line(Served::Origin, &outcome),
+        &outcome,
+    )
 }
 
 /// The origin's answer as it came, but for hop-by-hop fields, with our
 /// `Cache-Status`.
-fn relay(response: reqwest::Response, cache_status: String) -> Response<ProxyBody> {
+fn relay(
+    rules: &HttpRules,
+    response: reqwest::Response,
+    cache_status: String,
+    outcome: &Outcome,
+) -> Response<ProxyBody> {
     let status = response.status();
-    let headers = end_to_end(response.headers());
+    let headers = match end_to_end(rules, response.headers()) {
+        Ok(headers) => headers,
+        Err(e) => return failure(&e, outcome),
+    };
     let body = response
         .bytes_stream()
         .map_ok(Frame::data)
@@ -511,15 +492,15 @@ async fn get(state: &Arc<State>, key: &str, request: Request<Incoming>) -> Respo
         || headers.contains_key(header::PRAGMA)
         || headers.contains_key(header::IF_MODIFIED_SINCE);
     let mut request_fields = if asks {
-        text_fields(headers)
+        raw_fields(headers)
     } else {
         Vec::new()
     };
     let (conditions, cached_only) = if asks {
-        (
-            rfc9111::request_conditions(&request_fields),
-            rfc9111::Directives::of_request(&request_fields).only_if_cached,
-        )
+        match state.rules.read_request(&request_fields) {
+            Ok(reading) => (reading.conditions, reading.only_if_cached),
+            Err(e) => return failure(&e, &Outcome::default()),
+        }
     } else {
         let inm = headers
             .get(header::IF_NONE_MATCH)
@@ -552,11 +533,17 @@ async fn get(state: &Arc<State>, key: &str, request: Request<Incoming>) -> Respo
             && rfc9111::stored_fields(&found.meta.attributes).any(|(name, _)| name == "vary")
         {
             if !asks && request_fields.is_empty() {
-                request_fields = text_fields(headers);
+                request_fields = raw_fields(headers);
             }
-            if let Some(variant) =
-                rfc9111::variant_key(key, &found.meta.attributes, &request_fields)
-            {
+            let variant =
+                match state
+                    .rules
+                    .variant_key(key, &found.meta.attributes, &request_fields)
+                {
+                    Ok(variant) => variant,
+                    Err(e) => break (Err(e), trip),
+                };
+            if let Some(variant) = variant {
                 hops += 1;
                 if variant == entry_key {
                     // The variant's own entry no longer fits (its `Vary`
@@ -575,7 +562,12 @@ async fn get(state: &Arc<State>, key: &str, request: Request<Incoming>) -> Respo
         Err(e) => {
             if let Some(passed) = trip.lock().ok().and_then(|mut t| t.passed.take()) {
                 state.metrics.misses.inc();
-                let mut response = relay(passed, status_line(Served::Origin, &outcome));
+                let mut response = relay(
+                    &state.rules,
+                    passed,
+                    status_line(Served::Origin, &outcome),
+                    &outcome,
+                );
                 if head {
                     *response.body_mut() = empty();
                 }
@@ -617,11 +609,15 @@ async fn get(state: &Arc<State>, key: &str, request: Request<Incoming>) -> Respo
     } = response;
     // A client's `If-Modified-Since` that the stored `Last-Modified`
     // answers: 304, the body (of a fill, still read to its end) not sent.
-    let status = if status == Status::Ok
-        && asks
-        && rfc9111::stored_status(&meta.attributes) == 200
-        && rfc9111::not_modified_since(&meta.attributes, &request_fields)
-    {
+    let not_modified = if status == Status::Ok && asks {
+        match state.rules.not_modified(&meta.attributes, &request_fields) {
+            Ok(not_modified) => not_modified,
+            Err(e) => return failure(&e, &outcome),
+        }
+    } else {
+        false
+    };
+    let status = if not_modified {
         if let Some(body) = body.take() {
             tokio::spawn(async move {
                 let _ = body.bytes().await;
@@ -794,38 +790,15 @@ pub(crate) async fn handle_admin(
 /// `ETag`, `Cache-Control`, `Expires` ...) as the stored response's, fresh
 /// as they say (or for `--fresh-for`).
 async fn put(state: &State, key: &str, request: Request<Incoming>) -> Response<ProxyBody> {
-    // The request's own fields are not the stored response's.
-    const REQUEST_ONLY: [&str; 12] = [
-        "host",
-        "authorization",
-        "user-agent",
-        "accept",
-        "accept-encoding",
-        "accept-language",
-        "expect",
-        "cookie",
-        "referer",
-        "origin",
-        "content-length",
-        "x-forwarded-for",
-    ];
-    let fields: Vec<(String, String)> = text_fields(request.headers())
-        .into_iter()
-        .filter(|(name, _)| !REQUEST_ONLY.contains(&name.as_str()))
-        .collect();
-    let now = now_secs();
-    let decision = rfc9111::decide(
-        &Exchange {
-            method: "GET",
-            request: &[],
-            status: 200,
-            response: &fields,
-            request_time: now,
-            response_time: now,
-        },
-        &state.policy,
-    );
-    let mut writer = match state.cache.set(key, meta_of(200, &fields, &decision)).await {
+    let meta =
+        match state
+            .rules
+            .stored_head(&raw_fields(request.headers()), &state.policy, now_ms())
+        {
+            Ok(meta) => meta,
+            Err(e) => return admin_failure(&e),
+        };
+    let mut writer = match state.cache.set(key, meta).await {
         Ok(writer) => writer,
         Err(e) => return admin_failure(&e),
     };
@@ -986,19 +959,37 @@ mod tests {
 
     #[test]
     fn hop_by_hop_fields_stay_and_via_and_forwarded_for_are_added() {
+        let rules = HttpRules::embedded(None, 64 << 20, Duration::from_secs(1)).unwrap();
         let mut headers = HeaderMap::new();
         headers.insert(header::CONNECTION, HeaderValue::from_static("x-drop"));
         headers.insert("x-drop", HeaderValue::from_static("1"));
         headers.insert("x-keep", HeaderValue::from_static("2"));
         headers.insert(header::HOST, HeaderValue::from_static("proxy"));
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        headers.append("x-twice", HeaderValue::from_static("a"));
+        headers.append("x-twice", HeaderValue::from_static("b"));
         let peer = Peer("10.1.2.3:5555".parse().unwrap());
-        let up = upstream_fields(&headers, &text_fields(&headers), Some(peer), false);
+        let raw = raw_fields(&headers);
+        let up = upstream_fields(&rules, &headers, &raw, Some(peer), false, None).unwrap();
         assert!(up.get("x-drop").is_none() && up.get(header::CONNECTION).is_none());
         assert!(up.get(header::TE).is_none() && up.get(header::HOST).is_none());
         assert_eq!(up["x-keep"], "2");
+        let twice: Vec<_> = up.get_all("x-twice").iter().collect();
+        assert_eq!(twice, ["a", "b"]);
         assert_eq!(up[header::VIA], rfc9111::VIA);
         assert_eq!(up["x-forwarded-for"], "10.1.2.3");
         assert_eq!(up["x-forwarded-proto"], "http");
+        let relayed = end_to_end(&rules, &headers).unwrap();
+        assert!(relayed.get("x-drop").is_none() && relayed.get(header::TE).is_none());
+        assert_eq!(relayed.get_all("x-twice").iter().count(), 2);
+    }
+
+    #[test]
+    fn the_origins_parts_are_read_once() {
+        let parts = origin_url_parts("http://Example.org:8080/base/").unwrap();
+        assert_eq!(parts.scheme, "http");
+        assert_eq!(parts.authority, "example.org:8080");
+        assert_eq!(parts.prefix, "/base");
+        assert!(origin_url_parts("not a url").is_err());
     }
 }
