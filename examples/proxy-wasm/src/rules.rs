@@ -3,15 +3,17 @@
 //! [`Request`] or a [`Head`], asks these functions, and carries out the
 //! answer.
 //!
-//! The HTTP rules themselves are the engine's: what may be stored and for
-//! how long from `daramjwee_component::http::rfc9111`, `Cache-Status`
-//! values from `daramjwee_component::http`, freshness from `classify`,
-//! validators from `if_none_match`.
+//! The HTTP rules themselves are the engine's: what an answer becomes
+//! (stored or not, for how long, its kept head, a 304's update) from
+//! `daramjwee_component::http::exchange::judge`, as every home judges it;
+//! `Cache-Status` values from `daramjwee_component::http`, freshness from
+//! `classify`, validators from `if_none_match`.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
-use daramjwee_component::http::rfc9111::{self, Decision, Directives, Exchange, Policy};
+use daramjwee_component::http::exchange::{self, Judgement};
+use daramjwee_component::http::rfc9111::{self, Policy};
 use daramjwee_component::http::{Forward, Served, cache_status, failure_status};
 use daramjwee_component::{Freshness, Metadata, classify, if_none_match};
 
@@ -170,10 +172,14 @@ pub fn judge(
         if !meta.tag.is_empty() {
             headers.push(("etag".to_owned(), meta.tag.clone()));
         }
+        // What the stored response was: a 200, or another status the
+        // rules kept with a lifetime (a 301, a 404 page ...).
+        let status = rfc9111::stored_status(&meta.attributes);
         // A client validator that is not UTF-8 matches nothing.
-        let not_modified = inm
-            .and_then(|v| std::str::from_utf8(v).ok())
-            .is_some_and(|v| if_none_match(v, &meta.tag));
+        let not_modified = status == 200
+            && inm
+                .and_then(|v| std::str::from_utf8(v).ok())
+                .is_some_and(|v| if_none_match(v, &meta.tag));
         // The stored response's fields, as every home sends them.
         headers.extend(
             rfc9111::fields_to_send(&meta.attributes, not_modified)
@@ -187,7 +193,7 @@ pub fn judge(
             }
         } else {
             Reply {
-                status: 200,
+                status: u32::from(status),
                 headers,
                 body: (!head).then(|| entry.body.clone()),
             }
@@ -206,161 +212,101 @@ pub fn judge(
 pub struct Head {
     /// `:status`, when it is a number.
     pub status: Option<u16>,
-    /// Every `cache-control` value, joined with ", ".
-    pub cache_control: Option<String>,
-    /// `etag`.
-    pub etag: Option<String>,
-    /// `content-type`.
-    pub content_type: Option<String>,
     /// `content-length`, when it is a number.
     pub content_length: Option<u64>,
-    /// `age` in seconds, when it is a number.
-    pub age: Option<u64>,
-    /// A `vary` header is present: the key (the URL) would not tell the
-    /// variants apart.
-    pub vary: bool,
-    /// A `set-cookie` header is present: per-client state.
-    pub set_cookie: bool,
-    /// A header the entry would keep is not UTF-8; such a response is not
-    /// stored rather than stored altered.
-    pub unreadable: bool,
-    /// Every field but the pseudo-headers whose value is UTF-8, as the
-    /// shared rules read them.
-    pub fields: Vec<(String, String)>,
+    /// Every field but the pseudo-headers, as it came, for the shared
+    /// rules to read.
+    pub fields: Vec<(String, Vec<u8>)>,
 }
 
 impl Head {
     /// Read the headers the filter cares about from raw pairs.
     pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> Head {
         let mut head = Head::default();
-        let mut controls: Vec<String> = Vec::new();
         for (name, value) in pairs {
             let name = name.to_ascii_lowercase();
-            let text = std::str::from_utf8(value).ok().map(str::trim);
-            let number = || text.and_then(|t| t.parse::<u64>().ok());
-            if !name.starts_with(':') {
-                match text {
-                    Some(text) => head.fields.push((name.clone(), text.to_owned())),
-                    // A field the entry would keep but cannot read is
-                    // never stored altered: such a response is not stored.
-                    None if !matches!(name.as_str(), "set-cookie" | "set-cookie2") => {
-                        head.unreadable = true;
-                    }
-                    None => {}
-                }
-            }
+            let number = || {
+                std::str::from_utf8(value)
+                    .ok()
+                    .and_then(|t| t.trim().parse::<u64>().ok())
+            };
             match name.as_str() {
                 ":status" => head.status = number().and_then(|n| u16::try_from(n).ok()),
                 "content-length" => head.content_length = number(),
-                "age" => head.age = number(),
-                "vary" => head.vary = true,
-                "set-cookie" => head.set_cookie = true,
-                "cache-control" | "etag" | "content-type" => {
-                    let Some(text) = text else {
-                        head.unreadable = true;
-                        continue;
-                    };
-                    match name.as_str() {
-                        "cache-control" => controls.push(text.to_owned()),
-                        "etag" => head.etag = Some(text.to_owned()),
-                        _ => head.content_type = Some(text.to_owned()),
-                    }
-                }
                 _ => {}
             }
-        }
-        if !controls.is_empty() {
-            head.cache_control = Some(controls.join(", "));
+            if !name.starts_with(':') {
+                head.fields.push((name, value.to_vec()));
+            }
         }
         head
     }
 
-    /// What the shared rules decide of this response at `now` (ms).
-    fn decision(&self, now: u64, settings: &Settings) -> Decision {
-        let secs = (now / 1000) as i64;
-        rfc9111::decide(
-            &Exchange {
-                method: "GET",
+    /// What the shared rules make of this answer at `now` (ms) to a fill
+    /// made for `held`: the same judgement every home gets
+    /// (`exchange::judge`).
+    fn judged(&self, held: Option<&Metadata>, now: u64, settings: &Settings) -> exchange::Judged {
+        exchange::judge(
+            &exchange::Answer {
                 request: &[],
                 status: self.status.unwrap_or(0),
                 response: &self.fields,
-                request_time: secs,
-                response_time: secs,
+                request_time: (now / 1000) as i64,
+                now_ms: now,
             },
+            held,
             &Policy {
                 default_ttl: settings.fresh_for / 1000,
                 stale_while_revalidate: settings.stale_while_revalidate / 1000,
                 // One entry a URL: a response that varies is not stored.
                 variants: false,
-                remember_missing: false,
+                remember_missing: settings.negative_fresh_for > 0,
             },
+            String::new,
         )
     }
 }
 
-/// Whether a response makes a positive or a negative entry.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kind {
-    /// 200: the body is kept.
-    Positive,
-    /// 404 or 410: remembered as "not found", no body.
-    Negative,
-}
-
-/// What a response with `head` may become; `None` when it is not stored:
-/// other statuses (5xx, 3xx, 206, ...), `no-store`/`private`, `Vary`,
-/// `Set-Cookie`, unreadable headers, or a `Content-Length` over `max-body`.
-pub fn storable(head: &Head, settings: &Settings) -> Option<Kind> {
-    let kind = match head.status? {
-        200 => Kind::Positive,
-        404 | 410 => Kind::Negative,
-        _ => return None,
-    };
-    let control = Directives::of_response(&head.fields);
-    if control.no_store || control.private || head.vary || head.set_cookie || head.unreadable {
-        return None;
-    }
-    if kind == Kind::Positive && head.content_length.is_some_and(|n| n > settings.max_body) {
-        return None;
-    }
-    Some(kind)
-}
-
-/// The entry a response of `kind` with `head` and `body` becomes at `now`.
-pub fn entry_for(kind: Kind, head: &Head, body: &[u8], now: u64, settings: &Settings) -> Entry {
-    let decision = head.decision(now, settings);
-    // Windows and age (an upstream cache's `Age` says how old the answer
-    // already is) as the shared rules count them.
-    let windows = rfc9111::entry_meta(&[], &decision, now);
-    let cached_at = windows.cached_at.unwrap_or(now);
-    let mut meta = match kind {
-        Kind::Negative => Metadata::negative_at(cached_at),
-        Kind::Positive => {
-            // The whole head the rules keep (`h:` attributes), as
-            // every home stores it.
-            let kept = rfc9111::entry_meta(&head.fields, &decision, now);
-            Metadata {
-                tag: head.etag.clone().unwrap_or_default(),
-                cached_at: Some(cached_at),
-                // Always bounded, so `classify` ends the stale window.
-                stale_for: windows.stale_for,
-                stale_if_error: windows.stale_if_error,
-                attributes: kept.attributes,
-                ..Metadata::default()
-            }
+/// What a response becomes here: the rules' judgement, and a body over
+/// `max-body` (as its `Content-Length` says) keeps it out too.
+fn kept(head: &Head, now: u64, settings: &Settings) -> Option<Kept> {
+    let judged = head.judged(None, now, settings);
+    match judged.judgement {
+        Judgement::Missing => Some(Kept::Missing),
+        Judgement::Body { stored: true }
+            if head.content_length.is_none_or(|n| n <= settings.max_body) =>
+        {
+            Some(Kept::Body(judged.meta))
         }
-    };
-    // A negative entry keeps the filter's window unless the origin gave
-    // its 404 a lifetime of its own.
-    let explicit = Directives::of_response(&head.fields);
-    if kind == Kind::Positive || explicit.max_age.is_some() || explicit.s_maxage.is_some() {
-        meta.fresh_for = windows.fresh_for;
+        _ => None,
     }
-    let body = match kind {
-        Kind::Positive => Arc::from(body),
-        Kind::Negative => Arc::from(&[][..]),
-    };
-    Entry { meta, body }
+}
+
+/// What a response that is kept becomes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Kept {
+    /// A 404 or 410 without a lifetime of its own: "not found" for the
+    /// filter's negative window, no body.
+    Missing,
+    /// Its entry metadata (the whole head the rules keep); the body is
+    /// kept with it.
+    Body(Metadata),
+}
+
+impl Kept {
+    /// The entry this makes with `body`, received at `now`.
+    fn entry(self, body: &[u8], now: u64) -> Entry {
+        match self {
+            Kept::Missing => Entry {
+                meta: Metadata::negative_at(now),
+                body: Arc::from(&[][..]),
+            },
+            Kept::Body(meta) => Entry {
+                meta,
+                body: Arc::from(body),
+            },
+        }
+    }
 }
 
 /// One miss's response on its way through: what it will become, and its
@@ -368,8 +314,7 @@ pub fn entry_for(kind: Kind, head: &Head, body: &[u8], now: u64, settings: &Sett
 #[derive(Debug)]
 pub struct Capture {
     key: String,
-    kind: Option<Kind>,
-    head: Head,
+    kept: Option<Kept>,
     cached_at: u64,
     body: Vec<u8>,
     over: bool,
@@ -380,8 +325,7 @@ impl Capture {
     pub fn new(key: String) -> Self {
         Capture {
             key,
-            kind: None,
-            head: Head::default(),
+            kept: None,
             cached_at: 0,
             body: Vec::new(),
             over: false,
@@ -398,15 +342,14 @@ impl Capture {
     /// body without `Content-Length` that later outgrows `max-body` is
     /// still dropped (the header has left by then).
     pub fn headers(&mut self, head: Head, now: u64, settings: &Settings) -> String {
-        self.kind = storable(&head, settings);
-        self.head = head;
+        self.kept = kept(&head, now, settings);
         self.cached_at = now;
         let forward = Forward {
             fetched: true,
-            status: self.head.status,
-            no_store: self.kind.is_none(),
+            status: head.status,
+            no_store: self.kept.is_none(),
         };
-        match self.head.status {
+        match head.status {
             Some(500..=599) => failure_status("origin-error", &forward),
             _ => cache_status(Served::Origin, &forward),
         }
@@ -416,7 +359,7 @@ impl Capture {
     /// in with [`push`](Self::push). Past `max-body` the capture gives up
     /// and frees what it held.
     pub fn wants(&mut self, len: usize, settings: &Settings) -> bool {
-        if self.kind != Some(Kind::Positive) || self.over || len == 0 {
+        if !matches!(self.kept, Some(Kept::Body(_))) || self.over || len == 0 {
             return false;
         }
         if (self.body.len() as u64).saturating_add(len as u64) > settings.max_body {
@@ -434,12 +377,13 @@ impl Capture {
 
     /// The response ended: the entry to store, if any.
     pub fn finish(self, settings: &Settings) -> Option<(String, Entry)> {
-        let kind = self.kind?;
-        if self.over {
+        let kept = self.kept?;
+        if self.over
+            || (matches!(kept, Kept::Body(_)) && self.body.len() as u64 > settings.max_body)
+        {
             return None;
         }
-        let entry = entry_for(kind, &self.head, &self.body, self.cached_at, settings);
-        Some((self.key, entry))
+        Some((self.key, kept.entry(&self.body, self.cached_at)))
     }
 }
 
@@ -452,8 +396,8 @@ pub struct Refresh {
     pub path: String,
     /// `:authority` to ask with.
     pub authority: String,
-    /// The entry's tag, sent as `If-None-Match`.
-    pub tag: String,
+    /// The entry's validators (`If-None-Match`, `If-Modified-Since`).
+    pub validators: Vec<(String, String)>,
 }
 
 impl Refresh {
@@ -471,7 +415,7 @@ impl Refresh {
             key: key.to_owned(),
             path: path.to_owned(),
             authority: authority.to_owned(),
-            tag: entry.meta.tag.clone(),
+            validators: exchange::validators(Some(&entry.meta)),
         })
     }
 
@@ -482,8 +426,8 @@ impl Refresh {
             (":path", self.path.as_str()),
             (":authority", self.authority.as_str()),
         ];
-        if !self.tag.is_empty() {
-            headers.push(("if-none-match", self.tag.as_str()));
+        for (name, value) in &self.validators {
+            headers.push((name.as_str(), value.as_str()));
         }
         headers
     }
@@ -513,33 +457,28 @@ pub fn refreshed(
     now: u64,
     settings: &Settings,
 ) -> Outcome {
+    if head.status == Some(304) {
+        let Some(old) = old.filter(|old| !old.meta.negative) else {
+            return Outcome::Keep;
+        };
+        // The origin confirmed the copy: its stored fields updated by the
+        // 304's, fresh again as they say (RFC 9111 §4.3.4).
+        let judged = head.judged(Some(&old.meta), now, settings);
+        return match judged.judgement {
+            Judgement::Revalidated => Outcome::Replace(Entry {
+                meta: judged.meta,
+                body: old.body.clone(),
+            }),
+            _ => Outcome::Keep,
+        };
+    }
     match head.status {
-        Some(304) => {
-            let Some(old) = old else {
-                return Outcome::Keep;
-            };
-            // The origin confirmed the copy: it is fresh again, under the
-            // windows the 304 sends if it sends any, with the stored
-            // fields updated by the 304's (RFC 9111 §4.3.4).
-            let merged = Head {
-                fields: rfc9111::merged_fields(&old.meta, &head.fields),
-                ..head.clone()
-            };
-            let mut fresh = entry_for(Kind::Positive, &merged, &old.body, now, settings);
-            fresh.meta.tag = old.meta.tag.clone();
-            if head.cache_control.is_none() {
-                fresh.meta.fresh_for = old.meta.fresh_for;
-                fresh.meta.stale_for = old.meta.stale_for;
-                fresh.meta.stale_if_error = old.meta.stale_if_error;
-            }
-            Outcome::Replace(fresh)
-        }
-        Some(200 | 404 | 410) => match storable(head, settings) {
-            Some(Kind::Positive) if body_len as u64 > settings.max_body => Outcome::Remove,
-            Some(kind) => Outcome::Replace(entry_for(kind, head, body, now, settings)),
+        Some(500..=599) | None => Outcome::Keep,
+        Some(_) => match kept(head, now, settings) {
+            Some(Kept::Body(_)) if body_len as u64 > settings.max_body => Outcome::Remove,
+            Some(kept) => Outcome::Replace(kept.entry(body, now)),
             None => Outcome::Remove,
         },
-        _ => Outcome::Keep,
     }
 }
 
@@ -858,7 +797,6 @@ mod tests {
                 ("Cache-Control", "private"),
             ],
             &[(":status", "200"), ("vary", "accept-encoding")],
-            &[(":status", "200"), ("set-cookie", "a=b")],
             &[(":status", "200"), ("content-length", "101")],
             &[(":status", "nope")],
             &[],
@@ -877,7 +815,6 @@ mod tests {
         }
         let mut c = Capture::new("k".into());
         let bad = Head::from_pairs([(":status", &b"200"[..]), ("etag", b"\"\xff\"")]);
-        assert!(bad.unreadable);
         c.headers(bad, 0, &s);
         assert!(c.finish(&s).is_none());
     }
@@ -1035,6 +972,69 @@ mod tests {
                 Outcome::Keep
             );
         }
+    }
+
+    #[test]
+    fn a_response_is_kept_as_every_home_keeps_it() {
+        let s = settings();
+        // A cookie is the requesting client's: the response is kept
+        // without it (the client got it as it came).
+        let e = stored(
+            &[
+                (":status", "200"),
+                ("cache-control", "max-age=60"),
+                ("set-cookie", "id=1"),
+                ("content-type", "a/b"),
+            ],
+            b"x",
+            0,
+        );
+        assert_eq!(e.attribute("h:set-cookie"), None);
+        let Verdict::Hit(hit) = judge(&e, 1_000, &s, 0, None, false, true) else {
+            panic!("a fresh hit")
+        };
+        assert_eq!(hit.header("set-cookie"), None);
+        assert_eq!(hit.header("content-type"), Some("a/b"));
+        // Any status the rules keep with a lifetime is answered as it was.
+        let moved = stored(
+            &[
+                (":status", "301"),
+                ("location", "/b"),
+                ("cache-control", "max-age=60"),
+            ],
+            b"",
+            0,
+        );
+        let Verdict::Hit(hit) = judge(&moved, 1_000, &s, 0, Some(b"*"), false, true) else {
+            panic!("a fresh hit")
+        };
+        assert_eq!((hit.status, hit.header("location")), (301, Some("/b")));
+        // A 404 with a lifetime of its own is its page, not "not found".
+        let page = stored(
+            &[(":status", "404"), ("cache-control", "max-age=60")],
+            b"missing page",
+            0,
+        );
+        assert!(!page.meta.negative);
+        let Verdict::Hit(hit) = judge(&page, 1_000, &s, 0, None, false, true) else {
+            panic!("a fresh hit")
+        };
+        assert_eq!(hit.status, 404);
+        assert_eq!(hit.body.as_deref(), Some(&b"missing page"[..]));
+        // A refresh validates with every validator the entry has.
+        let dated = stored(
+            &[
+                (":status", "200"),
+                ("last-modified", "Mon, 01 Jan 2024 00:00:00 GMT"),
+            ],
+            b"x",
+            0,
+        );
+        let job = Refresh::new("k", &get(b"/x"), &dated, "origin").unwrap();
+        assert!(
+            job.headers()
+                .contains(&("if-modified-since", "Mon, 01 Jan 2024 00:00:00 GMT"))
+        );
     }
 
     #[test]
