@@ -560,3 +560,46 @@ async fn other_methods_and_statuses_pass_through_and_invalidate(instances: Insta
         .unwrap();
     assert!(fill.headers.contains_key("via"));
 }
+
+both_ways!(variants_of_a_response_that_varies_are_kept_side_by_side);
+async fn variants_of_a_response_that_varies_are_kept_side_by_side(instances: Instances) {
+    let origin = Origin::start().await;
+    origin.route(
+        "/varied",
+        Route::Negotiated {
+            field: "accept-language".into(),
+        },
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve(instances, &origin, dir.path(), &[]);
+    let url = format!("{}/varied", server.url());
+    let ask = async |language: Option<&str>| match language {
+        Some(language) => get(&url, &[("accept-language", language)]).await,
+        None => get(&url, &[]).await,
+    };
+    for round in 0..2 {
+        for language in [Some("fr"), Some("en"), None] {
+            let got = ask(language).await;
+            assert_eq!(got.body, language.unwrap_or("-"), "{}", server.log());
+            assert_eq!(
+                got.cache_status.contains("hit"),
+                round == 1,
+                "{language:?} round {round}: {}",
+                got.cache_status
+            );
+        }
+    }
+    assert_eq!(origin.hits("/varied"), 3, "one fetch a variant");
+    // A successful unsafe request invalidates every variant.
+    let posted = reqwest::Client::new().post(&url).send().await.unwrap();
+    assert_eq!(posted.status().as_u16(), 200);
+    for language in [Some("en"), Some("fr"), None] {
+        let got = ask(language).await;
+        assert!(
+            got.cache_status.contains("fwd=miss"),
+            "{language:?} after POST: {}",
+            got.cache_status
+        );
+        assert_eq!(got.body, language.unwrap_or("-"));
+    }
+}

@@ -73,26 +73,47 @@ impl<T: Tier<Body = EdgeBody>> EdgeCache<T> {
         }
         drop(request);
         let reading = exchange::read_request(&fields);
-        let forward = Rc::new(RefCell::new(Forward::default()));
-        let origin = HttpOrigin::new(
-            Rc::clone(&self.origin),
-            u64::try_from(self.settings.origin_timeout.as_millis()).unwrap_or(u64::MAX),
-            Policy {
-                // Responses that state no lifetime are fresh for
-                // `fresh_for`, as before the RFC's rules were shared.
-                default_ttl: self.settings.engine.fresh_for / 1000,
-                stale_while_revalidate: 0,
-                // One entry a URL: a response that varies is not stored.
-                variants: false,
-                remember_missing: self.settings.engine.negative_fresh_for > 0,
-            },
-            Rc::clone(&forward),
-        )
-        .for_request(&fields, reading.only_if_cached);
-        let result = self
-            .engine
-            .get_with(&key, &reading.conditions, origin.clone())
-            .await;
+        // The URL's entry, or, when what is stored there varies and was
+        // fetched for other values of the fields its `Vary` names, the
+        // variant this request selects, under a key of its own.
+        let mut entry_key = key.clone();
+        let mut hops = 0;
+        let (result, origin, forward) = loop {
+            let forward = Rc::new(RefCell::new(Forward::default()));
+            let origin = HttpOrigin::new(
+                Rc::clone(&self.origin),
+                u64::try_from(self.settings.origin_timeout.as_millis()).unwrap_or(u64::MAX),
+                Policy {
+                    // Responses that state no lifetime are fresh for
+                    // `fresh_for`, as before the RFC's rules were shared.
+                    default_ttl: self.settings.engine.fresh_for / 1000,
+                    stale_while_revalidate: 0,
+                    variants: true,
+                    remember_missing: self.settings.engine.negative_fresh_for > 0,
+                },
+                Rc::clone(&forward),
+            )
+            .for_request(&key, &fields, reading.only_if_cached);
+            let result = self
+                .engine
+                .get_with(&entry_key, &reading.conditions, origin.clone())
+                .await;
+            if let Ok(found) = &result
+                && found.status != Status::NotFound
+                && hops < 2
+                && let Some(variant) = exchange::variant(&key, &found.meta.attributes, &fields)
+            {
+                hops += 1;
+                if variant == entry_key {
+                    // The variant's own entry no longer fits (its `Vary`
+                    // changed): fetch it anew.
+                    let _ = self.engine.delete(&entry_key).await;
+                }
+                entry_key = variant;
+                continue;
+            }
+            break (result, origin, forward);
+        };
         let mut forward = forward.borrow().clone();
         let response = match result {
             Ok(response) => response,

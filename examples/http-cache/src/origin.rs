@@ -58,6 +58,9 @@ pub struct HttpOrigin {
     upstream: Rc<Vec<(String, Vec<u8>)>>,
     /// The client said `only-if-cached`: the origin is not asked.
     cached_only: bool,
+    /// The request target fetched, when the engine's key is not it (a
+    /// variant's key).
+    target: Option<Rc<str>>,
     /// An answer the cache does not keep, for the request to relay.
     passed: Rc<RefCell<Option<Passed>>>,
 }
@@ -79,6 +82,7 @@ impl HttpOrigin {
             request: Rc::default(),
             upstream: Rc::new(upstream_of(&[], true)),
             cached_only: false,
+            target: None,
             passed: Rc::default(),
         }
     }
@@ -86,7 +90,13 @@ impl HttpOrigin {
     /// This fetcher for a client that sent `fields` (name, raw value):
     /// the end-to-end ones go to the origin with a fill, and the rules
     /// read them. `only-if-cached`: never ask the origin.
-    pub(crate) fn for_request(mut self, fields: &[(String, Vec<u8>)], cached_only: bool) -> Self {
+    pub(crate) fn for_request(
+        mut self,
+        target: &str,
+        fields: &[(String, Vec<u8>)],
+        cached_only: bool,
+    ) -> Self {
+        self.target = Some(Rc::from(target));
         self.request = Rc::new(fields.to_vec());
         self.upstream = Rc::new(upstream_of(fields, true));
         self.cached_only = cached_only;
@@ -148,6 +158,9 @@ impl Origin for HttpOrigin {
         }
         self.forward.borrow_mut().fetched = true;
         let request_time = (now_ms() / 1000) as i64;
+        // A variant's key is not a target: the request's own is fetched.
+        let target = self.target.clone();
+        let key = target.as_deref().unwrap_or(key);
         let (response, sent) = self.send(key, held).await?;
         let status = response.get_status_code();
         self.forward.borrow_mut().status = Some(status);
@@ -164,7 +177,7 @@ impl Origin for HttpOrigin {
             },
             held,
             &self.policy,
-            String::new,
+            new_set,
         );
         match judged.judgement {
             // The 304's fields updated the stored ones, and the freshness
@@ -248,6 +261,17 @@ pub(crate) async fn pass(
         sent,
         received: Some(received),
     })
+}
+
+/// A name for the set of variants a response that varies heads, unique
+/// to this fetch: instances may live for one request, so no counter
+/// would do.
+fn new_set() -> String {
+    format!(
+        "{:x}.{:x}",
+        now_ms(),
+        wasip3::random::insecure::get_insecure_random_u64()
+    )
 }
 
 /// Milliseconds since the Unix epoch, by the host's wall clock.
