@@ -3,7 +3,7 @@
 # same origin, with nginx serving the files statically as the ceiling.
 #
 #   benches/http_compare.sh [--daramjwee PATH] [--duration 10s] [--connections 64]
-#       [--threads 2] [--rounds 3] [--stampede 1000] [--stampede-secs 1] [--tier SPEC]...
+#       [--miss-connections 32] [--threads 2] [--rounds 3] [--stampede 1000] [--stampede-secs 1] [--tier SPEC]...
 #       [--quick] [--keep]
 #
 # Scenarios, each through every server, all on 127.0.0.1:
@@ -12,6 +12,12 @@
 #                       spell of a shared machine falls on all of them alike: the
 #                       table has each server's median (of req/s, p50, p99 apart),
 #                       and the req/s of every round are printed under it
+#   miss-4KiB           wrk for --duration, --miss-connections connections, every request
+#                       a key no server has seen (benches/wrk/miss.lua): 4 KiB fetched from
+#                       the origin and stored as usual; static is the origin asked directly
+#   zipf-4KiB           the same, keys drawn from a Zipf distribution (exponent 0.9) over
+#                       100 000 keys (benches/wrk/zipf.lua): a mix of hits and misses, the
+#                       keys the same across rounds, so later rounds are warmer
 #   stampede            --stampede concurrent GETs of one never-seen key (the origin
 #                       takes about --stampede-secs to send it); origin fetches of that
 #                       key counted in the origin's access log (target: 1)
@@ -38,6 +44,7 @@ cmdline=$(printf '%q ' "$0" "$@")
 duration=10s
 connections=64
 threads=2
+miss_connections=32
 rounds=3
 stampede_n=1000
 stampede_secs=1
@@ -53,6 +60,7 @@ while [ $# -gt 0 ]; do
         --daramjwee) djw="$2"; shift 2 ;;
         --duration) duration="$2"; shift 2 ;;
         --connections) connections="$2"; shift 2 ;;
+        --miss-connections) miss_connections="$2"; shift 2 ;;
         --threads) threads="$2"; shift 2 ;;
         --rounds) rounds="$2"; shift 2 ;;
         --stampede) stampede_n="$2"; shift 2 ;;
@@ -65,7 +73,7 @@ while [ $# -gt 0 ]; do
     esac
 done
 [ "$quick" = 1 ] && duration=2s
-for v in connections threads rounds stampede_n stampede_secs; do
+for v in connections miss_connections threads rounds stampede_n stampede_secs; do
     [[ "${!v}" =~ ^[1-9][0-9]*$ ]] || { f=${v%_n}; echo "--${f//_/-}: '${!v}' is not a positive whole number" >&2; exit 2; }
 done
 [[ "$duration" =~ ^[1-9][0-9]*[smh]?$ ]] || { echo "--duration: '$duration' is not like 10s, 2m" >&2; exit 2; }
@@ -295,6 +303,31 @@ for obj in obj4k obj1m; do
     for s in "${servers[@]}"; do
         [ "$s" = static ] || record "$scenario" origin-fetches "$s" "$(fetches "/$obj?via=$s ")"
     done
+done
+
+# Misses, then a Zipf mix: keys from a wrk script, 4 KiB objects.
+for scenario in miss-4KiB zipf-4KiB; do
+    script="$here/wrk/miss.lua"
+    [ "$scenario" = zipf-4KiB ] && script="$here/wrk/zipf.lua"
+    for round in $(seq "$rounds"); do
+        for s in "${servers[@]}"; do
+            url="http://127.0.0.1:${port[$s]}/obj4k?via=$s&$scenario=$run_id"
+            out="$tmp/wrk-$s-$scenario-$round.txt"
+            log "wrk $scenario $s (round $round of $rounds): -t$threads -c$miss_connections -d$duration -s ${script##*/}"
+            if timeout 300 wrk -t"$threads" -c"$miss_connections" -d"$duration" --latency -s "$script" "$url" >"$out" 2>&1; then
+                r=$(python3 "$helper" wrk "$out")
+                for m in rps:req/s p50_ms:p50-ms p99_ms:p99-ms; do
+                    echo "$scenario ${m#*:} $s $(json "[\"${m%%:*}\"]" <<<"$r")" >>"$rounds_file"
+                done
+                errs=$(json '["errors"]' <<<"$r")
+                [ "$errs" = 0 ] || log "wrk $scenario $s: $errs errors"
+            else
+                log "wrk $scenario $s failed:"; cat "$out" >&2
+            fi
+            sleep 1
+        done
+    done
+    python3 "$helper" medians "$rounds_file" "$scenario" >>"$results"
 done
 
 # Stampede: every client asks for one key that no cache has seen.
