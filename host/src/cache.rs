@@ -277,21 +277,28 @@ impl CacheBuilder {
                 }))
             })
         };
+        let spec = ShardSpec {
+            loaded: Arc::clone(&loaded),
+            config: config.clone(),
+            tiers: self.tiers.clone(),
+            queue: queue.clone(),
+            memory_limit: self.memory_limit,
+            call_ticks: ticks_in(self.call_time_limit),
+        };
         let mut shards = Vec::with_capacity(self.shards);
         for index in 0..self.shards {
-            let spec = ShardSpec {
-                loaded: Arc::clone(&loaded),
-                config: config.clone(),
-                tiers: self.tiers.clone(),
-                queue: queue.clone(),
-                memory_limit: self.memory_limit,
-                call_ticks: ticks_in(self.call_time_limit),
-            };
-            shards.push(Shard::start(router.id, index, spec).await?);
+            shards.push(Shard::start(router.id, index, spec.clone()).await?);
         }
         let _ = router.shards.set(shards);
+        // Threads that are none of the shards (the application's own)
+        // answer fresh hits with a hit path of their own.
+        let elsewhere = loaded
+            .hit_path
+            .as_ref()
+            .map(|pre| Arc::new(hit_path::Source::new(Arc::clone(pre), spec)));
         Ok(Cache {
             inner: Arc::new(Inner {
+                elsewhere,
                 router,
                 pool,
                 closed: AtomicBool::new(false),
@@ -392,6 +399,8 @@ impl Router {
 
 struct Inner {
     router: Arc<Router>,
+    /// What a thread off the shards needs for a hit path of this cache.
+    elsewhere: Option<Arc<hit_path::Source>>,
     pool: Arc<Pool>,
     closed: AtomicBool,
     shutdown_timeout: Duration,
@@ -450,7 +459,8 @@ impl Cache {
         // count them: a caller with an age of its own goes to the engine.
         let plain = conditions.ages_unasked();
         let whole_asked = if plain {
-            match hit_path::answer(self.inner.router.id, key, if_none_match) {
+            let elsewhere = self.inner.elsewhere.as_ref();
+            match hit_path::answer(self.inner.router.id, elsewhere, key, if_none_match) {
                 Whole::Answered(answer) => return answer,
                 Whole::Declined => true,
                 Whole::NotAsked => false,
@@ -556,33 +566,36 @@ impl Cache {
             .collect()
     }
 
-    /// Requests answered by the hit path: fresh tier-0 memory hits asked
-    /// for on a shard thread (as `daramjwee serve` asks), answered in one
-    /// plain call into the engine's hit-path component.
+    /// Requests answered by the hit path: fresh tier-0 memory hits,
+    /// answered in one plain call into the engine's hit-path component on
+    /// the asking thread (a shard's, as `daramjwee serve` asks, or any
+    /// other).
     pub fn hit_path_answers(&self) -> u64 {
+        self.hit_path_total(|c| &c.answers)
+    }
+
+    /// The sum of a hit-path counter over the shards' hit paths and those
+    /// made on other threads.
+    fn hit_path_total(&self, field: impl Fn(&hit_path::Counts) -> &AtomicU64) -> u64 {
         let shards = self.inner.router.shards().iter();
-        shards
-            .map(|s| s.hit_path().answers.load(Ordering::Relaxed))
-            .sum()
+        let on_shards: u64 = shards
+            .map(|s| field(s.hit_path()).load(Ordering::Relaxed))
+            .sum();
+        let elsewhere = self.inner.elsewhere.as_ref().map_or(0, |e| e.total(&field));
+        on_shards + elsewhere
     }
 
     /// Hit-path instances dropped after a fault (a trap, the call time
     /// limit, the memory cap); each such request went on to the engine.
     pub fn hit_path_faults(&self) -> u64 {
-        let shards = self.inner.router.shards().iter();
-        shards
-            .map(|s| s.hit_path().faults.load(Ordering::Relaxed))
-            .sum()
+        self.hit_path_total(|c| &c.faults)
     }
 
     /// Failed attempts to open a hit-path instance. Its thread's requests
     /// go to the engine meanwhile, and it is tried again after a second,
     /// then twice as long after each failure, up to a minute.
     pub fn hit_path_open_failures(&self) -> u64 {
-        let shards = self.inner.router.shards().iter();
-        shards
-            .map(|s| s.hit_path().open_failures.load(Ordering::Relaxed))
-            .sum()
+        self.hit_path_total(|c| &c.open_failures)
     }
 
     /// Counters of the background pool.

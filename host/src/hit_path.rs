@@ -105,11 +105,10 @@ pub(crate) fn plain_store(memory_limit: usize, call_ticks: u64) -> Result<Store<
     Ok(store)
 }
 
-/// One instance of the hit path, opened for a cache, and its tier 0.
+/// One instance of the hit path, opened for a cache.
 struct Instance {
     store: Store<HostState>,
     guest: bindings::HitPath,
-    tier0: Arc<dyn Tier>,
     /// Keys longer are refused by the engine, so tier 0 is not asked.
     max_key_len: usize,
     /// The longest a call may run, in epoch ticks.
@@ -119,11 +118,11 @@ struct Instance {
 impl Instance {
     fn open(pre: &Pre, spec: &ShardSpec) -> Result<Self> {
         let engine_err = |e: wasmtime::Error| Error::Engine(format!("hit path: {e:?}"));
-        let Some(tier0) = spec.tiers.first() else {
+        if spec.tiers.is_empty() {
             return Err(Error::Engine(
                 "hit path: a cache has at least one tier".into(),
             ));
-        };
+        }
         let mut store = plain_store(spec.memory_limit, spec.call_ticks)?;
         let guest = pre.instantiate(&mut store).map_err(engine_err)?;
         let names: Vec<String> = spec.tiers.iter().map(|t| t.name()).collect();
@@ -134,22 +133,26 @@ impl Instance {
         Ok(Instance {
             store,
             guest,
-            tier0: Arc::clone(tier0),
             max_key_len: spec.config.max_key_len as usize,
             call_ticks: spec.call_ticks,
         })
     }
 
-    /// Reads tier 0 and, when it hands the entry over at once, lets the
+    /// Reads `tier0` and, when it hands the entry over at once, lets the
     /// hit path judge it.
-    fn peek_whole(&mut self, key: &str, inm: Option<&str>) -> wasmtime::Result<Whole> {
+    fn peek_whole(
+        &mut self,
+        tier0: &dyn Tier,
+        key: &str,
+        inm: Option<&str>,
+    ) -> wasmtime::Result<Whole> {
         // A key the engine refuses is not looked up: the engine answers it.
         if key.is_empty() || key.len() > self.max_key_len {
             return Ok(Whole::NotAsked);
         }
         // Tier 0's answers mean what they mean to the engine's own
         // `peek-whole`: a refused key is an error, a failing tier none.
-        let (mut meta, body) = match self.tier0.get_whole(key) {
+        let (mut meta, body) = match tier0.get_whole(key) {
             Ok(Some(found)) => found,
             Err(e @ Error::InvalidKey(_)) => return Ok(Whole::Answered(Err(e))),
             Ok(None) | Err(_) => return Ok(Whole::Declined),
@@ -193,12 +196,17 @@ impl Instance {
 struct Local {
     cache_id: u64,
     pre: Arc<Pre>,
-    spec: ShardSpec,
+    /// On a shard thread, the shard's spec; off a shard, `None`: the
+    /// cache's [`Source`] has it, and no thread keeps a cache's tiers or
+    /// pool alive once the cache is gone.
+    spec: Option<ShardSpec>,
     /// `None` after a fault, until the next request opens a fresh one,
     /// or while opening fails, until `reopen` lets it try again.
     instance: Option<Instance>,
     reopen: Reopen,
     counts: Arc<Counts>,
+    /// Off a shard: the cache's source, to tell when it is gone.
+    source: Option<std::sync::Weak<Source>>,
 }
 
 /// When a hit path that failed to open may be tried again: after a
@@ -246,6 +254,43 @@ fn bump(counter: &AtomicU64) {
 
 thread_local! {
     static LOCAL: RefCell<Option<Local>> = const { RefCell::new(None) };
+    /// Hit paths of caches whose shard this thread is not (an
+    /// application's own threads): one per cache asked here, made on the
+    /// first request.
+    static ELSEWHERE: RefCell<Vec<Local>> = const { RefCell::new(Vec::new()) };
+}
+
+/// What a thread that is none of a cache's shards needs to give itself a
+/// hit path for that cache: shared by the cache's handles.
+pub(crate) struct Source {
+    pre: Arc<Pre>,
+    spec: ShardSpec,
+    /// The counts of each thread's hit path, for the cache's totals.
+    counts: std::sync::Mutex<Vec<Arc<Counts>>>,
+}
+
+impl Source {
+    pub(crate) fn new(pre: Arc<Pre>, spec: ShardSpec) -> Self {
+        Source {
+            pre,
+            spec,
+            counts: std::sync::Mutex::default(),
+        }
+    }
+
+    /// The sum of `field` over the hit paths made for this cache off its
+    /// shards.
+    pub(crate) fn total(&self, field: impl Fn(&Counts) -> &AtomicU64) -> u64 {
+        self.counts
+            .lock()
+            .map(|counts| {
+                counts
+                    .iter()
+                    .map(|c| field(c).load(Ordering::Relaxed))
+                    .sum()
+            })
+            .unwrap_or(0)
+    }
 }
 
 /// Give this (shard) thread a hit path for the cache `cache_id`.
@@ -253,29 +298,53 @@ pub(crate) fn install(cache_id: u64, pre: Arc<Pre>, spec: ShardSpec, counts: Arc
     let mut local = Local {
         cache_id,
         pre,
-        spec,
+        spec: None,
         instance: None,
         reopen: Reopen::default(),
         counts,
+        source: None,
     };
-    local.open(Instant::now());
+    local.open(&spec, Instant::now());
+    local.spec = Some(spec);
     LOCAL.with(|slot| *slot.borrow_mut() = Some(local));
 }
 
 impl Local {
-    /// Opens an instance, or notes the failure and when to try again.
-    fn open(&mut self, now: Instant) {
-        match Instance::open(&self.pre, &self.spec) {
+    /// Opens an instance for the cache of `spec`, or notes the failure and
+    /// when to try again.
+    fn open(&mut self, spec: &ShardSpec, now: Instant) {
+        open_into(
+            &self.pre,
+            spec,
+            &mut self.instance,
+            &mut self.reopen,
+            &self.counts,
+            now,
+        );
+    }
+}
+
+/// Open an instance into `slot`, or note the failure in `reopen`.
+fn open_into(
+    pre: &Pre,
+    spec: &ShardSpec,
+    slot: &mut Option<Instance>,
+    reopen: &mut Reopen,
+    counts: &Counts,
+    now: Instant,
+) {
+    {
+        match Instance::open(pre, spec) {
             Ok(instance) => {
-                self.instance = Some(instance);
-                self.reopen.opened();
+                *slot = Some(instance);
+                reopen.opened();
             }
             Err(e) => {
-                bump(&self.counts.open_failures);
-                self.reopen.failed(now);
+                bump(&counts.open_failures);
+                reopen.failed(now);
                 tracing::warn!(
                     "the hit path did not open, requests go to the engine; next try in {:?}: {e}",
-                    self.reopen.delay
+                    reopen.delay
                 );
             }
         }
@@ -297,41 +366,100 @@ pub(crate) enum Whole {
     NotAsked,
 }
 
-/// A fresh tier-0 hit for `key`, answered by this thread's hit path when
-/// it has one for `cache_id`.
-pub(crate) fn answer(cache_id: u64, key: &str, inm: Option<&str>) -> Whole {
-    LOCAL.with(|local| {
-        let Ok(mut local) = local.try_borrow_mut() else {
+/// A fresh tier-0 hit for `key`, answered by this thread's hit path for
+/// the cache `cache_id`: its shard's, on one of its shard threads; on any
+/// other thread one made here from `source` the first time it is asked
+/// (`None`: no hit path for this cache).
+pub(crate) fn answer(
+    cache_id: u64,
+    source: Option<&Arc<Source>>,
+    key: &str,
+    inm: Option<&str>,
+) -> Whole {
+    let on_shard = LOCAL.with(|local| match local.try_borrow_mut() {
+        Ok(mut local) => local
+            .as_mut()
+            .filter(|l| l.cache_id == cache_id)
+            .map(|local| local.answer(None, key, inm)),
+        Err(_) => Some(Whole::NotAsked),
+    });
+    if let Some(whole) = on_shard {
+        return whole;
+    }
+    let Some(source) = source else {
+        return Whole::NotAsked;
+    };
+    ELSEWHERE.with(|elsewhere| {
+        let Ok(mut elsewhere) = elsewhere.try_borrow_mut() else {
             return Whole::NotAsked;
         };
-        let Some(local) = local.as_mut().filter(|l| l.cache_id == cache_id) else {
+        let at = match elsewhere.iter().position(|l| l.cache_id == cache_id) {
+            Some(at) => at,
+            None => {
+                // The hit paths of caches since dropped go with them.
+                elsewhere.retain(|l| l.source.as_ref().is_some_and(|s| s.strong_count() > 0));
+                let counts = Arc::new(Counts::default());
+                if let Ok(mut all) = source.counts.lock() {
+                    all.push(Arc::clone(&counts));
+                }
+                let mut local = Local {
+                    cache_id,
+                    pre: Arc::clone(&source.pre),
+                    spec: None,
+                    instance: None,
+                    reopen: Reopen::default(),
+                    counts,
+                    source: Some(Arc::downgrade(source)),
+                };
+                local.open(&source.spec, Instant::now());
+                elsewhere.push(local);
+                elsewhere.len() - 1
+            }
+        };
+        elsewhere[at].answer(Some(&source.spec), key, inm)
+    })
+}
+
+impl Local {
+    /// This hit path's answer for `key`: over its own shard's spec, or
+    /// off a shard over `elsewhere`, the cache's.
+    fn answer(&mut self, elsewhere: Option<&ShardSpec>, key: &str, inm: Option<&str>) -> Whole {
+        let Local {
+            pre,
+            spec,
+            instance,
+            reopen,
+            counts,
+            ..
+        } = self;
+        let Some(spec) = spec.as_ref().or(elsewhere) else {
             return Whole::NotAsked;
         };
-        if local.instance.is_none() {
+        if instance.is_none() {
             let now = Instant::now();
-            if !local.reopen.due(now) {
+            if !reopen.due(now) {
                 return Whole::NotAsked;
             }
-            local.open(now);
+            open_into(pre, spec, instance, reopen, counts, now);
         }
-        let Some(instance) = local.instance.as_mut() else {
+        let (Some(live), Some(tier0)) = (instance.as_mut(), spec.tiers.first()) else {
             return Whole::NotAsked;
         };
-        match instance.peek_whole(key, inm) {
+        match live.peek_whole(tier0.as_ref(), key, inm) {
             Ok(whole) => {
                 if matches!(whole, Whole::Answered(Ok(_))) {
-                    bump(&local.counts.answers);
+                    bump(&counts.answers);
                 }
                 whole
             }
             Err(fault) => {
                 tracing::error!("the hit path failed, replacing it: {fault:?}");
-                bump(&local.counts.faults);
-                local.instance = None;
+                bump(&counts.faults);
+                *instance = None;
                 Whole::NotAsked
             }
         }
-    })
+    }
 }
 
 #[cfg(test)]

@@ -8,7 +8,9 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use common::*;
-use daramjwee::{Cache, ComponentSource, Error, Metadata, Source, Status, Tier, WorkerStrategy};
+use daramjwee::{
+    Cache, ComponentSource, Error, MemoryStore, Metadata, Source, Status, Tier, WorkerStrategy,
+};
 use futures::StreamExt;
 use tokio::sync::mpsc;
 
@@ -1036,8 +1038,8 @@ async fn fresh_memory_hits_are_answered_whole_on_and_off_the_shard_threads() {
         .unwrap();
     let before = tier.reads();
 
-    // On a shard thread (the hit path) and off them (the engine's
-    // `peek-whole`): one whole read each, no stream opened.
+    // On a shard thread (its shard's hit path) and off them (a hit path
+    // of the asking thread's own): one whole read each, no stream opened.
     for shard_thread in [true, false] {
         let (c, o) = (cache.clone(), origin.clone());
         let hit = async move {
@@ -1058,7 +1060,7 @@ async fn fresh_memory_hits_are_answered_whole_on_and_off_the_shard_threads() {
         assert_eq!(got, body(4096), "shard thread: {shard_thread}");
     }
     assert_eq!(tier.reads(), (before.0 + 2, before.1));
-    assert_eq!(cache.hit_path_answers(), 1, "the shard thread's hit");
+    assert_eq!(cache.hit_path_answers(), 2, "both threads' hits");
     assert_eq!(cache.hit_path_faults(), 0);
 
     // The rest of a hit's answers, on a shard thread.
@@ -1107,9 +1109,68 @@ async fn fresh_memory_hits_are_answered_whole_on_and_off_the_shard_threads() {
     // The not-modified, the large and the negative answer.
     assert_eq!(
         cache.hit_path_answers(),
-        4,
+        5,
         "every hit above was served from tier 0"
     );
+}
+
+#[test]
+fn an_applications_own_threads_answer_fresh_hits_themselves() {
+    let app = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .unwrap();
+    app.block_on(async {
+        let tier = Counting::new();
+        let cache = Cache::builder()
+            .tier(tier.clone())
+            .shards(1)
+            .build()
+            .await
+            .unwrap();
+        let origin = Origin::new([Reply::Body("v1", body(4096))]);
+        read(cache.get("k", origin.clone()).await.unwrap())
+            .await
+            .unwrap();
+        let mut tasks = Vec::new();
+        for _ in 0..16 {
+            let (c, o) = (cache.clone(), origin.clone());
+            tasks.push(tokio::spawn(async move {
+                for _ in 0..50 {
+                    let r = c.get("k", o.clone()).await.unwrap();
+                    assert_eq!((r.source, r.stale), (Source::Tier(0), false));
+                    assert_eq!(read(r).await.unwrap(), body(4096));
+                }
+            }));
+        }
+        for task in tasks {
+            task.await.unwrap();
+        }
+        assert_eq!(origin.calls(), 1);
+        assert_eq!(cache.hit_path_answers(), 800, "every hit, on every thread");
+        assert_eq!(cache.hit_path_faults(), 0);
+        // A cache closed is closed on every thread's hit path too.
+        cache.close().await;
+        assert!(matches!(
+            cache.get("k", origin.clone()).await,
+            Err(Error::Closed)
+        ));
+        // A new cache on the same threads gets hit paths of its own.
+        let fresh = Cache::builder()
+            .tier(MemoryStore::new("m"))
+            .build()
+            .await
+            .unwrap();
+        let other = Origin::new([Reply::Body("w1", body(10))]);
+        read(fresh.get("k", other.clone()).await.unwrap())
+            .await
+            .unwrap();
+        let r = fresh.get("k", other.clone()).await.unwrap();
+        assert_eq!((r.meta.tag.as_str(), r.source), ("w1", Source::Tier(0)));
+        assert_eq!(fresh.hit_path_answers(), 1);
+        fresh.close().await;
+    });
 }
 
 #[tokio::test]
