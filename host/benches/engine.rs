@@ -1,7 +1,9 @@
 //! The engine through the component (wasmtime, WASI 0.3) against the same
 //! engine compiled natively, in one run: hot hits of 4 KiB and 1 MiB, a
-//! lower-tier hit (promotion), a miss, and hot hits from many tasks with
-//! one and two shards.
+//! lower-tier hit (promotion), a miss, hot hits from many tasks with one
+//! and two shards, and misses from many tasks. The `component` cases call
+//! the embedding API as an application does: from its own multi-thread
+//! runtime, off the cache's shard threads.
 //!
 //! `cargo bench -p daramjwee --bench engine`
 
@@ -479,11 +481,48 @@ fn concurrent_hot_hits(c: &mut Criterion) {
     group.finish();
 }
 
+/// Misses from 64 concurrent tasks of an application's own runtime, each
+/// a key never asked before (the origin in process): how many a second
+/// the cache fetches and stores.
+fn concurrent_misses(c: &mut Criterion) {
+    const TASKS: usize = 64;
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let mut group = c.benchmark_group("concurrent_misses_4KiB");
+    group.throughput(criterion::Throughput::Elements(TASKS as u64));
+    let hosted = std::sync::Arc::new(Hosted::new(1, 2, SMALL));
+    group.bench_function("2_shards", |b| {
+        b.iter_custom(|iters| {
+            hosted.rt.block_on(async {
+                let started = Instant::now();
+                let mut tasks = Vec::with_capacity(TASKS);
+                for _ in 0..TASKS {
+                    let hosted = std::sync::Arc::clone(&hosted);
+                    tasks.push(tokio::spawn(async move {
+                        for _ in 0..iters {
+                            let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            black_box(hosted.get(&format!("miss-{n}")).await);
+                        }
+                    }));
+                }
+                for task in tasks {
+                    task.await.expect("task");
+                }
+                started.elapsed()
+            })
+        })
+    });
+    match std::sync::Arc::try_unwrap(hosted) {
+        Ok(hosted) => hosted.close(),
+        Err(_) => unreachable!("every task finished"),
+    }
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3));
-    targets = hot_hits, lower_tier_hit, miss, concurrent_hot_hits
+    targets = hot_hits, lower_tier_hit, miss, concurrent_hot_hits, concurrent_misses
 }
 criterion_main!(benches);
