@@ -1471,3 +1471,96 @@ async fn header_bytes_beyond_ascii_reach_the_client_untouched() {
         server.shutdown().await;
     }
 }
+
+/// Count this process's open file descriptors.
+#[cfg(target_os = "linux")]
+fn open_descriptors() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_neither_hold_connections_nor_keep_others_out() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const SLOW: usize = 300;
+    let origin = Origin::start().await;
+    origin.route("/doc", Route::controlled("d", "served", "max-age=600"));
+    let server = proxy(&origin, |c| {
+        c.header_timeout = Duration::from_secs(1);
+        c.max_connections = 100;
+    })
+    .await;
+    assert_eq!(get(&server, "/doc").await.body, "served");
+    let baseline = open_descriptors();
+    // Half a request head each, then nothing.
+    let mut slow = Vec::with_capacity(SLOW);
+    for _ in 0..SLOW {
+        let mut stream = tokio::net::TcpStream::connect(server.local_addr())
+            .await
+            .unwrap();
+        stream
+            .write_all(b"GET /doc HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            .await
+            .unwrap();
+        slow.push(stream);
+    }
+    // More than the limit wait in the backlog; a normal client is served
+    // once the slow ones that hold connections run out of time.
+    let normal = tokio::time::timeout(Duration::from_secs(30), get(&server, "/doc"))
+        .await
+        .expect("a normal client is served while slow ones wait");
+    assert_eq!(normal.status, StatusCode::OK);
+    // Every slow client is closed by the server, without an answer or
+    // with a 408, never served.
+    for mut stream in slow {
+        let mut answer = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut answer))
+            .await
+            .expect("the server closes a connection whose head never ends");
+        assert!(read.is_ok() || answer.is_empty());
+        let text = String::from_utf8_lossy(&answer);
+        assert!(
+            answer.is_empty() || text.starts_with("HTTP/1.1 408"),
+            "{text}"
+        );
+    }
+    // The server's descriptors come back to where they were.
+    let mut now = open_descriptors();
+    for _ in 0..100 {
+        if now <= baseline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        now = open_descriptors();
+    }
+    assert!(now <= baseline, "{now} descriptors open, {baseline} before");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_heads_over_the_limits_are_refused_with_431() {
+    let origin = Origin::start().await;
+    origin.route("/doc", Route::controlled("d", "served", "max-age=600"));
+    let server = proxy(&origin, |c| {
+        c.max_header_size = 4 << 10;
+        c.max_headers = 20;
+    })
+    .await;
+    let client = reqwest::Client::new();
+    let big = client
+        .get(url(&server, "/doc"))
+        .header("x-big", "a".repeat(8 << 10))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(big.status(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    let mut many = client.get(url(&server, "/doc"));
+    for i in 0..40 {
+        many = many.header(format!("x-field-{i}"), "1");
+    }
+    let many = many.send().await.unwrap();
+    assert_eq!(many.status(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    assert_eq!(origin.hits("/doc"), 0, "nothing reached the origin");
+    assert_eq!(get(&server, "/doc").await.body, "served");
+    server.shutdown().await;
+}

@@ -44,6 +44,18 @@ pub struct ServeConfig {
     pub metrics_listen: Option<SocketAddr>,
     /// Bound on the origin's answer (status and headers).
     pub origin_timeout: Duration,
+    /// How long a client has to send a request's head, counted from when
+    /// the connection starts waiting for one: it also ends a keep-alive
+    /// connection idle that long.
+    pub header_timeout: Duration,
+    /// Connections served at once per listener; more wait in the listen
+    /// backlog until one ends.
+    pub max_connections: usize,
+    /// Largest request head (request line and fields) accepted, in bytes;
+    /// a larger one is answered 431.
+    pub max_header_size: usize,
+    /// Most fields a request head may have; more are answered 431.
+    pub max_headers: usize,
 }
 
 impl Default for ServeConfig {
@@ -60,7 +72,32 @@ impl Default for ServeConfig {
             admin_token: None,
             metrics_listen: None,
             origin_timeout: Duration::from_secs(10),
+            header_timeout: Duration::from_secs(30),
+            max_connections: 4096,
+            max_header_size: 32 << 10,
+            max_headers: 100,
         }
+    }
+}
+
+impl ServeConfig {
+    /// The connection limits are usable: each positive, and a head large
+    /// enough for a request line and a few fields.
+    pub fn check_limits(&self) -> Result<()> {
+        let bad = |why: &str| Err(Error::InvalidConfig(why.into()));
+        if self.header_timeout.is_zero() {
+            return bad("header-timeout: must be positive");
+        }
+        if self.max_connections == 0 {
+            return bad("max-connections: must be positive");
+        }
+        if self.max_header_size < 1024 {
+            return bad("max-header-size: must be at least 1KiB");
+        }
+        if self.max_headers == 0 {
+            return bad("max-headers: must be positive");
+        }
+        Ok(())
     }
 }
 
@@ -86,6 +123,10 @@ pub fn default_tiers() -> Vec<String> {
 /// admin-token = "secret"
 /// metrics-listen = "127.0.0.1:9090"
 /// origin-timeout = "10s"
+/// header-timeout = "30s"
+/// max-connections = 4096
+/// max-header-size = "32KiB"
+/// max-headers = 100
 /// ```
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -101,6 +142,10 @@ struct FileConfig {
     admin_token: Option<String>,
     metrics_listen: Option<String>,
     origin_timeout: Option<String>,
+    header_timeout: Option<String>,
+    max_connections: Option<usize>,
+    max_header_size: Option<String>,
+    max_headers: Option<usize>,
 }
 
 /// The flags of `daramjwee serve`. Each overrides the same setting of
@@ -161,6 +206,22 @@ pub struct ServeArgs {
     /// Bound on the origin's answer (status and headers). Default: 10s.
     #[arg(long, value_name = "DUR")]
     pub origin_timeout: Option<String>,
+    /// Time a client has to send a request's head, counted from when the
+    /// connection waits for one (so it also closes a keep-alive connection
+    /// idle that long). Default: 30s.
+    #[arg(long, value_name = "DUR")]
+    pub header_timeout: Option<String>,
+    /// Connections served at once on each listener; more wait in the
+    /// listen backlog until one ends. Default: 4096.
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// Largest request head (request line and fields); larger ones are
+    /// answered 431. Default: 32KiB.
+    #[arg(long, value_name = "SIZE")]
+    pub max_header_size: Option<String>,
+    /// Most fields in a request head; more are answered 431. Default: 100.
+    #[arg(long, value_name = "N")]
+    pub max_headers: Option<usize>,
 }
 
 const SERVE_HELP: &str = "\
@@ -253,6 +314,21 @@ impl ServeArgs {
         if let Some(addr) = pick(self.metrics_listen, file.metrics_listen) {
             config.metrics_listen = Some(address("metrics-listen", &addr)?);
         }
+        if let Some(d) = pick(self.header_timeout, file.header_timeout) {
+            config.header_timeout = duration("header-timeout", &d)?;
+        }
+        if let Some(n) = self.max_connections.or(file.max_connections) {
+            config.max_connections = n;
+        }
+        if let Some(size) = pick(self.max_header_size, file.max_header_size) {
+            let bytes = crate::parse_size(&size)
+                .map_err(|e| Error::InvalidConfig(format!("max-header-size: {e}")))?;
+            config.max_header_size = usize::try_from(bytes).unwrap_or(usize::MAX);
+        }
+        if let Some(n) = self.max_headers.or(file.max_headers) {
+            config.max_headers = n;
+        }
+        config.check_limits()?;
         Ok(config)
     }
 }
@@ -378,6 +454,37 @@ metrics-listen = "127.0.0.1:9002"
         rejects(
             with(|a| a.origin_timeout = Some("0s".into())),
             "origin-timeout",
+        );
+        rejects(
+            with(|a| a.header_timeout = Some("0s".into())),
+            "header-timeout",
+        );
+        rejects(with(|a| a.max_connections = Some(0)), "max-connections");
+        rejects(
+            with(|a| a.max_header_size = Some("100".into())),
+            "max-header-size",
+        );
+        rejects(
+            with(|a| a.max_header_size = Some("lots".into())),
+            "max-header-size",
+        );
+        rejects(with(|a| a.max_headers = Some(0)), "max-headers");
+        let limits = with(|a| {
+            a.header_timeout = Some("5s".into());
+            a.max_connections = Some(10);
+            a.max_header_size = Some("8KiB".into());
+            a.max_headers = Some(50);
+        })
+        .into_config()
+        .unwrap();
+        assert_eq!(
+            (
+                limits.header_timeout,
+                limits.max_connections,
+                limits.max_header_size,
+                limits.max_headers
+            ),
+            (Duration::from_secs(5), 10, 8 << 10, 50)
         );
     }
 

@@ -68,6 +68,8 @@ pub struct Server {
 impl Server {
     /// Open the tiers and the cache, bind the listeners and start serving.
     pub async fn start(config: ServeConfig) -> Result<Server> {
+        config.check_limits()?;
+        let limits = Limits::of(&config);
         let (stop, stopped) = watch::channel(false);
         let mut tasks = Vec::new();
         let origin = match &config.origin {
@@ -77,6 +79,7 @@ impl Server {
                     bind("demo origin", "127.0.0.1:0".parse().expect("an address")).await?;
                 let addr = listener.local_addr().map_err(io_error)?;
                 tasks.push(spawn_server(
+                    limits,
                     listener,
                     stopped.clone(),
                     |request| async move { Ok::<_, Infallible>(demo::answer(&request)) },
@@ -132,6 +135,7 @@ impl Server {
                 let metrics_addr = listener.local_addr().map_err(io_error)?;
                 let cache = cache.clone();
                 tasks.push(spawn_server(
+                    limits,
                     listener,
                     stopped.clone(),
                     move |request| {
@@ -155,6 +159,7 @@ impl Server {
                 let admin_addr = listener.local_addr().map_err(io_error)?;
                 let state = Arc::clone(&state);
                 tasks.push(spawn_server(
+                    limits,
                     listener,
                     stopped.clone(),
                     move |request| proxy::handle_admin(Arc::clone(&state), request),
@@ -169,6 +174,7 @@ impl Server {
         // threads, which serve them on their own runtimes, so a request for
         // one of the thread's keys, and any fresh hit, never leaves it.
         tasks.push(spawn_server(
+            limits,
             listener,
             stopped,
             move |request: Request<Incoming>| proxy::handle(Arc::clone(&state), request),
@@ -282,10 +288,31 @@ fn io_error(e: std::io::Error) -> Error {
     Error::Other(e.to_string())
 }
 
+/// What one listener allows its clients.
+#[derive(Clone, Copy, Debug)]
+struct Limits {
+    header_timeout: Duration,
+    max_connections: usize,
+    max_header_size: usize,
+    max_headers: usize,
+}
+
+impl Limits {
+    fn of(config: &ServeConfig) -> Self {
+        Limits {
+            header_timeout: config.header_timeout,
+            max_connections: config.max_connections,
+            max_header_size: config.max_header_size,
+            max_headers: config.max_headers,
+        }
+    }
+}
+
 /// Accept HTTP/1 connections on `listener` until `stop` says so, then let
 /// the open ones finish their current response. Connections are served on
 /// `runtimes` in turn, or on the current runtime when there are none.
 fn spawn_server<F, Fut, B>(
+    limits: Limits,
     listener: TcpListener,
     mut stop: watch::Receiver<bool>,
     handler: F,
@@ -300,9 +327,23 @@ where
 {
     tokio::spawn(async move {
         let graceful = GracefulShutdown::new();
-        let http = hyper::server::conn::http1::Builder::new();
+        let mut http = hyper::server::conn::http1::Builder::new();
+        http.timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(limits.header_timeout)
+            .max_header_size(limits.max_header_size)
+            .max_headers(limits.max_headers);
+        // A connection holds a permit until it ends: past the limit, the
+        // listener stops accepting and new clients wait in its backlog.
+        let permits = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
         let mut next = 0usize;
         loop {
+            let permit = tokio::select! {
+                permit = Arc::clone(&permits).acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => break,
+                },
+                _ = async { stop.wait_for(|stop| *stop).await.map(|_| ()) } => break,
+            };
             tokio::select! {
                 accepted = listener.accept() => {
                     let (stream, peer) = match accepted {
@@ -325,6 +366,7 @@ where
                     let watcher = graceful.watcher();
                     let http = http.clone();
                     let serve = move |stream: tokio::net::TcpStream| async move {
+                        let _permit = permit;
                         // Each request knows its client (for X-Forwarded-For).
                         let service = service_fn(move |mut request: Request<Incoming>| {
                             request.extensions_mut().insert(proxy::Peer(peer));
