@@ -305,31 +305,6 @@ for obj in obj4k obj1m; do
     done
 done
 
-# Misses, then a Zipf mix: keys from a wrk script, 4 KiB objects.
-for scenario in miss-4KiB zipf-4KiB; do
-    script="$here/wrk/miss.lua"
-    [ "$scenario" = zipf-4KiB ] && script="$here/wrk/zipf.lua"
-    for round in $(seq "$rounds"); do
-        for s in "${servers[@]}"; do
-            url="http://127.0.0.1:${port[$s]}/obj4k?via=$s&$scenario=$run_id"
-            out="$tmp/wrk-$s-$scenario-$round.txt"
-            log "wrk $scenario $s (round $round of $rounds): -t$threads -c$miss_connections -d$duration -s ${script##*/}"
-            if timeout 300 wrk -t"$threads" -c"$miss_connections" -d"$duration" --latency -s "$script" "$url" >"$out" 2>&1; then
-                r=$(python3 "$helper" wrk "$out")
-                for m in rps:req/s p50_ms:p50-ms p99_ms:p99-ms; do
-                    echo "$scenario ${m#*:} $s $(json "[\"${m%%:*}\"]" <<<"$r")" >>"$rounds_file"
-                done
-                errs=$(json '["errors"]' <<<"$r")
-                [ "$errs" = 0 ] || log "wrk $scenario $s: $errs errors"
-            else
-                log "wrk $scenario $s failed:"; cat "$out" >&2
-            fi
-            sleep 1
-        done
-    done
-    python3 "$helper" medians "$rounds_file" "$scenario" >>"$results"
-done
-
 # Stampede: every client asks for one key that no cache has seen.
 for s in "${servers[@]}"; do
     [ "$s" = static ] && continue
@@ -357,6 +332,32 @@ for s in "${servers[@]}"; do
     record cold-1GiB MiB/s "$s" "$(json '.get("mib_s")' <<<"$r")"
     record cold-1GiB peak-RSS-MiB "$s" "$(json '.get("hwm_mib")' <<<"$r")"
     [ "$s" = static ] || record cold-1GiB origin-fetches "$s" "$(fetches "/obj1g?via=$s&rss=$run_id ")"
+done
+
+# Misses, then a Zipf mix: keys from a wrk script, 4 KiB objects. Last, as
+# they fill the caches: the cold 1 GiB's peak RSS is measured before.
+for scenario in miss-4KiB zipf-4KiB; do
+    script="$here/wrk/miss.lua"
+    [ "$scenario" = zipf-4KiB ] && script="$here/wrk/zipf.lua"
+    for round in $(seq "$rounds"); do
+        for s in "${servers[@]}"; do
+            url="http://127.0.0.1:${port[$s]}/obj4k?via=$s&$scenario=$run_id"
+            out="$tmp/wrk-$s-$scenario-$round.txt"
+            log "wrk $scenario $s (round $round of $rounds): -t$threads -c$miss_connections -d$duration -s ${script##*/}"
+            if timeout 300 wrk -t"$threads" -c"$miss_connections" -d"$duration" --latency -s "$script" "$url" >"$out" 2>&1; then
+                r=$(python3 "$helper" wrk "$out")
+                for m in rps:req/s p50_ms:p50-ms p99_ms:p99-ms; do
+                    echo "$scenario ${m#*:} $s $(json "[\"${m%%:*}\"]" <<<"$r")" >>"$rounds_file"
+                done
+                errs=$(json '["errors"]' <<<"$r")
+                [ "$errs" = 0 ] || log "wrk $scenario $s: $errs errors"
+            else
+                log "wrk $scenario $s failed:"; cat "$out" >&2
+            fi
+            sleep 1
+        done
+    done
+    python3 "$helper" medians "$rounds_file" "$scenario" >>"$results"
 done
 
 if [ "$have_djw" = 1 ]; then
