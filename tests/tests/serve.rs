@@ -1564,3 +1564,96 @@ async fn request_heads_over_the_limits_are_refused_with_431() {
     assert_eq!(get(&server, "/doc").await.body, "served");
     server.shutdown().await;
 }
+
+/// Send `raw` on a connection of its own; the answer's status line and
+/// whether the server closed the connection after it.
+async fn raw_exchange(server: &Server, raw: &[u8]) -> (String, bool) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(server.local_addr())
+        .await
+        .unwrap();
+    stream.write_all(raw).await.unwrap();
+    let mut answer = Vec::new();
+    let closed = matches!(
+        tokio::time::timeout(Duration::from_secs(3), stream.read_to_end(&mut answer)).await,
+        Ok(Ok(_))
+    );
+    let text = String::from_utf8_lossy(&answer);
+    (text.lines().next().unwrap_or_default().to_owned(), closed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heads_that_could_be_read_two_ways_are_refused_never_passed_on() {
+    let origin = Origin::start().await;
+    origin.fallback(Route::controlled("d", "served", "max-age=600"));
+    let server = proxy(&origin, |_| {}).await;
+    let refused: [(&str, &[u8]); 11] = [
+        (
+            "two Content-Lengths",
+            b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\nabcd",
+        ),
+        (
+            "obs-fold",
+            b"GET /a HTTP/1.1\r\nHost: x\r\nX-A: a\r\n b\r\n\r\n",
+        ),
+        (
+            "NUL in a value",
+            b"GET /a HTTP/1.1\r\nHost: x\r\nX-A: a\x00b\r\n\r\n",
+        ),
+        (
+            "bare CR in a value",
+            b"GET /a HTTP/1.1\r\nHost: x\r\nX-A: a\rb\r\n\r\n",
+        ),
+        (
+            "space before the colon",
+            b"GET /a HTTP/1.1\r\nHost: x\r\nX-A : a\r\n\r\n",
+        ),
+        (
+            "a transfer coding other than chunked",
+            b"POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n",
+        ),
+        (
+            "Transfer-Encoding on HTTP/1.0",
+            b"POST /a HTTP/1.0\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        ),
+        ("no Host on HTTP/1.1", b"GET /a HTTP/1.1\r\n\r\n"),
+        (
+            "two Hosts",
+            b"GET /a HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+        ),
+        (
+            "CONNECT's authority form",
+            b"CONNECT evil.example:443 HTTP/1.1\r\nHost: evil.example:443\r\n\r\n",
+        ),
+        ("OPTIONS *", b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n"),
+    ];
+    for (what, raw) in refused {
+        let (status, closed) = raw_exchange(&server, raw).await;
+        assert!(status.starts_with("HTTP/1.1 400"), "{what}: {status}");
+        assert!(closed, "{what}: the connection is closed after a 400");
+    }
+    assert_eq!(origin.total_hits(), 0, "nothing refused reached the origin");
+    // Both framings: read by Transfer-Encoding alone, as RFC 9112 §6.1
+    // allows, passed on in that one shape, and the connection closed.
+    let (status, closed) = raw_exchange(
+        &server,
+        b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n",
+    )
+    .await;
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    assert!(closed, "a request framed both ways ends its connection");
+    let seen = origin.seen();
+    let post = seen.iter().find(|s| s.method == "POST").expect("the POST");
+    assert!(post.body.is_empty());
+    assert!(post.headers.get("content-length").is_none_or(|v| v == "0"));
+    assert_eq!(origin.hits("/smuggled"), 0, "what followed was not read");
+    // An absolute-form target is its path on this origin (RFC 9112 §3.2.2).
+    let (status, _) = raw_exchange(
+        &server,
+        b"GET http://elsewhere.example/b?c HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    assert_eq!(origin.hits("/b?c"), 1);
+    server.shutdown().await;
+}

@@ -166,6 +166,35 @@ fn checked_target(origin: &str, key: &str) -> std::result::Result<(), String> {
     }
 }
 
+/// `Ok` when a request's head can be passed on in one shape only (RFC
+/// 9112): one `Host` line on HTTP/1.1 (§3.2), not both `Content-Length`
+/// and `Transfer-Encoding` (§6.1: the two framings a smuggled request
+/// plays against each other), and a target in origin or absolute form
+/// (`CONNECT`'s authority form and `OPTIONS *` are not a reverse proxy's
+/// to forward).
+fn well_framed<B>(request: &Request<B>) -> std::result::Result<(), String> {
+    let headers = request.headers();
+    let hosts = headers.get_all(header::HOST).iter().count();
+    if hosts > 1 {
+        return Err("a request has one Host field".into());
+    }
+    if hosts == 0 && request.version() == http::Version::HTTP_11 {
+        return Err("an HTTP/1.1 request has a Host field".into());
+    }
+    if headers.contains_key(header::TRANSFER_ENCODING)
+        && headers.contains_key(header::CONTENT_LENGTH)
+    {
+        return Err("a request has Content-Length or Transfer-Encoding, not both".into());
+    }
+    if request.method() == Method::CONNECT || request.uri().path_and_query().is_none() {
+        return Err("CONNECT and authority-form targets are not forwarded".into());
+    }
+    if request.uri().path() == "*" {
+        return Err("asterisk-form targets (OPTIONS *) are not forwarded".into());
+    }
+    Ok(())
+}
+
 /// Seconds since the epoch.
 fn now_secs() -> i64 {
     SystemTime::now()
@@ -339,8 +368,16 @@ pub(crate) async fn handle(
         .uri()
         .path_and_query()
         .map_or_else(|| "/".to_owned(), |pq| pq.as_str().to_owned());
-    let response = match checked_target(&state.origin, &key) {
-        Err(why) => text(StatusCode::BAD_REQUEST, &format!("{why}\n")),
+    let framed = well_framed(&request);
+    let response = match framed.and_then(|()| checked_target(&state.origin, &key)) {
+        Err(why) => {
+            let mut refused = text(StatusCode::BAD_REQUEST, &format!("{why}\n"));
+            // What follows a head that could be read two ways is not read.
+            refused
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            refused
+        }
         // A request with credentials is the origin's to answer: nothing
         // stored is handed to it and nothing it gets is stored.
         Ok(())
