@@ -1657,3 +1657,56 @@ async fn heads_that_could_be_read_two_ways_are_refused_never_passed_on() {
     assert_eq!(origin.hits("/b?c"), 1);
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_beyond_the_origin_connections_wait_then_give_up() {
+    let origin = Origin::start().await;
+    let dropped = Arc::new(Notify::new());
+    origin.route(
+        "/endless",
+        Route::Endless {
+            dropped: Arc::clone(&dropped),
+        },
+    );
+    origin.route("/doc", Route::controlled("d", "served", "max-age=600"));
+    let server = proxy(&origin, |c| {
+        c.max_origin_connections = 2;
+        c.origin_timeout = Duration::from_secs(1);
+    })
+    .await;
+    let client = reqwest::Client::new();
+    // Two answers whose bodies never end hold both places at the origin.
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let response = client.post(url(&server, "/endless")).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let mut body = response.bytes_stream();
+        assert!(body.next().await.unwrap().is_ok());
+        held.push(body);
+    }
+    // A third request waits for a place, then gets 504 without reaching
+    // the origin.
+    let waited = get(&server, "/doc").await;
+    assert_eq!(waited.status, StatusCode::GATEWAY_TIMEOUT);
+    assert!(
+        waited.cache_status.contains("timeout"),
+        "{}",
+        waited.cache_status
+    );
+    assert_eq!(origin.hits("/doc"), 0);
+    // A client that goes away gives its place back.
+    held.pop();
+    dropped.notified().await;
+    let mut served = get(&server, "/doc").await;
+    for _ in 0..50 {
+        if served.status == StatusCode::OK {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        served = get(&server, "/doc").await;
+    }
+    assert_eq!(served.body, "served");
+    assert_eq!(origin.hits("/doc"), 1);
+    drop(held);
+    server.shutdown().await;
+}

@@ -56,6 +56,9 @@ pub struct ServeConfig {
     pub max_header_size: usize,
     /// Most fields a request head may have; more are answered 431.
     pub max_headers: usize,
+    /// Requests at the origin at once (each holds a connection until its
+    /// answer's body ends); more wait up to `origin_timeout`, then 504.
+    pub max_origin_connections: usize,
 }
 
 impl Default for ServeConfig {
@@ -76,6 +79,7 @@ impl Default for ServeConfig {
             max_connections: 4096,
             max_header_size: 32 << 10,
             max_headers: 100,
+            max_origin_connections: 1024,
         }
     }
 }
@@ -96,6 +100,9 @@ impl ServeConfig {
         }
         if self.max_headers == 0 {
             return bad("max-headers: must be positive");
+        }
+        if self.max_origin_connections == 0 {
+            return bad("max-origin-connections: must be positive");
         }
         Ok(())
     }
@@ -127,6 +134,7 @@ pub fn default_tiers() -> Vec<String> {
 /// max-connections = 4096
 /// max-header-size = "32KiB"
 /// max-headers = 100
+/// max-origin-connections = 1024
 /// ```
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -146,6 +154,7 @@ struct FileConfig {
     max_connections: Option<usize>,
     max_header_size: Option<String>,
     max_headers: Option<usize>,
+    max_origin_connections: Option<usize>,
 }
 
 /// The flags of `daramjwee serve`. Each overrides the same setting of
@@ -222,6 +231,11 @@ pub struct ServeArgs {
     /// Most fields in a request head; more are answered 431. Default: 100.
     #[arg(long, value_name = "N")]
     pub max_headers: Option<usize>,
+    /// Requests at the origin at once (each holds a connection until its
+    /// answer's body ends); more wait up to --origin-timeout, then 504.
+    /// Default: 1024.
+    #[arg(long, value_name = "N")]
+    pub max_origin_connections: Option<usize>,
 }
 
 const SERVE_HELP: &str = "\
@@ -327,6 +341,9 @@ impl ServeArgs {
         }
         if let Some(n) = self.max_headers.or(file.max_headers) {
             config.max_headers = n;
+        }
+        if let Some(n) = self.max_origin_connections.or(file.max_origin_connections) {
+            config.max_origin_connections = n;
         }
         config.check_limits()?;
         Ok(config)
@@ -469,6 +486,10 @@ metrics-listen = "127.0.0.1:9002"
             "max-header-size",
         );
         rejects(with(|a| a.max_headers = Some(0)), "max-headers");
+        rejects(
+            with(|a| a.max_origin_connections = Some(0)),
+            "max-origin-connections",
+        );
         let limits = with(|a| {
             a.header_timeout = Some("5s".into());
             a.max_connections = Some(10);

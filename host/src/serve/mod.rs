@@ -126,6 +126,7 @@ impl Server {
                 RULES_CALL_TIME,
             )?,
             origin_url: proxy::origin_url_parts(&origin)?,
+            origin_slots: Arc::new(tokio::sync::Semaphore::new(config.max_origin_connections)),
         });
         let listener = bind("listen", config.listen).await?;
         let addr = listener.local_addr().map_err(io_error)?;

@@ -63,6 +63,22 @@ pub(crate) struct State {
     pub rules: HttpRules,
     /// The origin's scheme, authority and path prefix, for the rules.
     pub origin_url: OriginUrl,
+    /// One permit for each request that may be at the origin at once
+    /// (`--max-origin-connections`), held until its answer's body ends.
+    pub origin_slots: Arc<tokio::sync::Semaphore>,
+}
+
+/// A request's place at the origin, held while its answer is read.
+type Slot = tokio::sync::OwnedSemaphorePermit;
+
+/// Wait, at most the origin timeout, for a place at the origin.
+async fn origin_slot(state: &State) -> Result<Slot> {
+    let slots = Arc::clone(&state.origin_slots);
+    match tokio::time::timeout(state.origin_timeout, slots.acquire_owned()).await {
+        Ok(Ok(slot)) => Ok(slot),
+        Ok(Err(_)) => Err(Error::Closed),
+        Err(_) => Err(Error::Timeout),
+    }
 }
 
 /// A header map's fields as they came, for the rules.
@@ -210,7 +226,7 @@ struct Trip {
     outcome: Outcome,
     /// An answer the cache does not keep (another status), handed back to
     /// the request to pass on as it came.
-    passed: Option<reqwest::Response>,
+    passed: Option<(reqwest::Response, Slot)>,
     /// Fields of the answer that go to this request's client only
     /// (`Set-Cookie`, those `private="..."` names): not stored, so not in
     /// the entry the response is built from.
@@ -266,6 +282,7 @@ impl Fetcher for HttpOrigin {
             true,
             held,
         )?;
+        let slot = origin_slot(state).await?;
         let request_time = now_secs();
         let request = state.client.get(url.clone()).headers(headers);
         let response = match tokio::time::timeout(state.origin_timeout, request.send()).await {
@@ -305,6 +322,8 @@ impl Fetcher for HttpOrigin {
                     meta: judged.meta,
                     size: response.content_length(),
                     body: Box::pin(response.bytes_stream().map_err(move |e| {
+                        // The place at the origin goes with the body.
+                        let _slot = &slot;
                         Error::Origin(format!("the body of {url} broke off: {}", causes(&e)))
                     })),
                     no_store: !stored,
@@ -313,7 +332,7 @@ impl Fetcher for HttpOrigin {
             Judgement::Passed => {
                 self.record(|t| {
                     t.outcome.no_store = true;
-                    t.passed = Some(response);
+                    t.passed = Some((response, slot));
                 });
                 Err(Error::Origin(PASSED.into()))
             }
@@ -431,6 +450,10 @@ async fn pass(
         Ok(headers) => headers,
         Err(e) => return failure(&e, &Outcome::default()),
     };
+    let slot = match origin_slot(state).await {
+        Ok(slot) => slot,
+        Err(e) => return failure(&e, &Outcome::default()),
+    };
     let body = reqwest::Body::wrap_stream(body.into_data_stream());
     let request = state
         .client
@@ -467,6 +490,7 @@ async fn pass(
     relay(
         &state.rules,
         response,
+        slot,
         status_line(Served::Origin, &outcome),
         &outcome,
     )
@@ -477,6 +501,7 @@ async fn pass(
 fn relay(
     rules: &HttpRules,
     response: reqwest::Response,
+    slot: Slot,
     cache_status: String,
     outcome: &Outcome,
 ) -> Response<ProxyBody> {
@@ -488,7 +513,11 @@ fn relay(
     let body = response
         .bytes_stream()
         .map_ok(Frame::data)
-        .map_err(|e| std::io::Error::other(e.to_string()));
+        .map_err(move |e| {
+            // The place at the origin goes with the body.
+            let _slot = &slot;
+            std::io::Error::other(e.to_string())
+        });
     let mut relayed = Response::new(BodyExt::boxed_unsync(StreamBody::new(body)));
     *relayed.status_mut() = status;
     *relayed.headers_mut() = headers;
@@ -597,11 +626,12 @@ async fn get(state: &Arc<State>, key: &str, request: Request<Incoming>) -> Respo
     let response = match result {
         Ok(response) => response,
         Err(e) => {
-            if let Some(passed) = trip.lock().ok().and_then(|mut t| t.passed.take()) {
+            if let Some((passed, slot)) = trip.lock().ok().and_then(|mut t| t.passed.take()) {
                 state.metrics.misses.inc();
                 let mut response = relay(
                     &state.rules,
                     passed,
+                    slot,
                     status_line(Served::Origin, &outcome),
                     &outcome,
                 );
