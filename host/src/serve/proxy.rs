@@ -147,15 +147,15 @@ pub(crate) fn origin_url_parts(origin: &str) -> Result<OriginUrl> {
     })
 }
 
-/// The origin URL of request target `key`, or why it cannot be fetched
-/// as it came (a URL parser would rewrite it: dot segments, backslashes
-/// and the like), so that what is keyed is what is fetched.
-fn origin_url(origin: &str, key: &str) -> std::result::Result<reqwest::Url, String> {
+/// The origin URL of request target `key` on `origin` (whose path,
+/// without its trailing slash, is `prefix`: [`origin_url_parts`]), or why
+/// it cannot be fetched as it came (a URL parser would rewrite it: dot
+/// segments, backslashes and the like), so that what is keyed is what is
+/// fetched.
+fn origin_url(origin: &str, prefix: &str, key: &str) -> std::result::Result<reqwest::Url, String> {
     let text = format!("{origin}{key}");
     let url = reqwest::Url::parse(&text).map_err(|e| format!("{key}: {e}"))?;
     let fetched = &url[url::Position::BeforePath..];
-    let base = reqwest::Url::parse(origin).map_err(|e| format!("{origin}: {e}"))?;
-    let prefix = base.path().trim_end_matches('/');
     if fetched.strip_prefix(prefix) != Some(key) {
         return Err(format!(
             "the target {key:?} cannot be sent to the origin as it came"
@@ -168,7 +168,7 @@ fn origin_url(origin: &str, key: &str) -> std::result::Result<reqwest::Url, Stri
 /// plain characters needs no URL parse (a hit pays for none); one with
 /// `%`, `\\`, a dot segment or a character a parser would encode gets
 /// [`origin_url`]'s check.
-fn checked_target(origin: &str, key: &str) -> std::result::Result<(), String> {
+fn checked_target(origin: &str, prefix: &str, key: &str) -> std::result::Result<(), String> {
     let plain = key
         .bytes()
         .all(|b| b.is_ascii_alphanumeric() || b"-_~!$&'()*+,;=:@/?".contains(&b) || b == b'.')
@@ -178,7 +178,7 @@ fn checked_target(origin: &str, key: &str) -> std::result::Result<(), String> {
     if plain {
         Ok(())
     } else {
-        origin_url(origin, key).map(drop)
+        origin_url(origin, prefix, key).map(drop)
     }
 }
 
@@ -218,8 +218,6 @@ fn now_secs() -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
-/// The origin as seen by the cache: `GET ORIGIN + key` with the client's
-/// fields, conditional on the validators we hold.
 /// What one request's trip to the origin left for the request.
 #[derive(Default)]
 struct Trip {
@@ -272,7 +270,8 @@ impl Fetcher for HttpOrigin {
         }
         self.record(|t| t.outcome.fetched = true);
         let state = &self.state;
-        let url = origin_url(&state.origin, &self.key).map_err(Error::Origin)?;
+        let url = origin_url(&state.origin, &state.origin_url.prefix, &self.key)
+            .map_err(Error::Origin)?;
         let raw_request = raw_fields(&self.request);
         let headers = upstream_fields(
             &state.rules,
@@ -388,7 +387,8 @@ pub(crate) async fn handle(
         .path_and_query()
         .map_or_else(|| "/".to_owned(), |pq| pq.as_str().to_owned());
     let framed = well_framed(&request);
-    let response = match framed.and_then(|()| checked_target(&state.origin, &key)) {
+    let checked = |()| checked_target(&state.origin, &state.origin_url.prefix, &key);
+    let response = match framed.and_then(checked) {
         Err(why) => {
             let mut refused = text(StatusCode::BAD_REQUEST, &format!("{why}\n"));
             // What follows a head that could be read two ways is not read.
@@ -405,7 +405,7 @@ pub(crate) async fn handle(
         {
             get(&state, &key, request).await
         }
-        Ok(()) => match origin_url(&state.origin, &key) {
+        Ok(()) => match origin_url(&state.origin, &state.origin_url.prefix, &key) {
             Ok(url) => pass(&state, &key, url, request).await,
             Err(why) => text(StatusCode::BAD_REQUEST, &format!("{why}\n")),
         },
@@ -996,7 +996,10 @@ mod tests {
     #[test]
     fn a_target_a_url_parser_would_rewrite_is_refused() {
         let origin = "http://127.0.0.1:9/base";
-        assert!(origin_url(origin, "/a/b?c=d%2F").is_ok());
+        let prefix = &origin_url_parts(origin).unwrap().prefix;
+        let origin_url = |key| origin_url(origin, prefix, key);
+        let checked_target = |key| checked_target(origin, prefix, key);
+        assert!(origin_url("/a/b?c=d%2F").is_ok());
         for rewritten in [
             "/sp/%2E%2E/%2E%2E/etc",
             "/a/../b",
@@ -1004,10 +1007,10 @@ mod tests {
             "/a\\b",
             "/a b",
         ] {
-            assert!(origin_url(origin, rewritten).is_err(), "{rewritten}");
+            assert!(origin_url(rewritten).is_err(), "{rewritten}");
         }
         for plain in ["/a/b.c?d=e&f=1", "/", "/x.y/z"] {
-            assert_eq!(checked_target(origin, plain), Ok(()), "{plain}");
+            assert_eq!(checked_target(plain), Ok(()), "{plain}");
         }
         for rewritten in [
             "/sp/%2E%2E/%2E%2E/etc",
@@ -1017,10 +1020,10 @@ mod tests {
             "/..",
             "/a/.",
         ] {
-            assert!(checked_target(origin, rewritten).is_err(), "{rewritten}");
+            assert!(checked_target(rewritten).is_err(), "{rewritten}");
         }
-        assert_eq!(checked_target(origin, "/pct%41"), Ok(()), "kept as it came");
-        let url = origin_url(origin, "/x?y").unwrap();
+        assert_eq!(checked_target("/pct%41"), Ok(()), "kept as it came");
+        let url = origin_url("/x?y").unwrap();
         assert_eq!(url.as_str(), "http://127.0.0.1:9/base/x?y");
     }
 
