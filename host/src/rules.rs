@@ -205,13 +205,14 @@ impl HttpRules {
     /// Judge the origin's answer `status` with fields `response` to a
     /// fill for a request with fields `request`, sent at `request_time`
     /// (s), received at `now_ms`, made for the stored response `held`;
-    /// a response that varies heads the set `set`.
+    /// a response that varies heads the set `set`. The fields are moved
+    /// into the call, not copied.
     #[allow(clippy::too_many_arguments, reason = "one call of the WIT")]
     pub fn judge(
         &self,
-        request: &RawFields,
+        request: Vec<(String, Vec<u8>)>,
         status: u16,
-        response: &RawFields,
+        response: Vec<(String, Vec<u8>)>,
         request_time: i64,
         now_ms: u64,
         held: Option<&Metadata>,
@@ -220,9 +221,9 @@ impl HttpRules {
     ) -> Result<Judged> {
         let held = held.map(|m| crate::bindings::types::Metadata::from(m.clone()));
         let answer = hx::Answer {
-            request: request.to_vec(),
+            request,
             status,
-            response: response.to_vec(),
+            response,
             request_time,
             now: now_ms,
         };

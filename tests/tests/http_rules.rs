@@ -41,9 +41,9 @@ fn the_sandboxed_rules_decide_as_the_shared_code_does() {
     ]);
     let judged = rules
         .judge(
-            &request,
+            request.clone(),
             200,
-            &response,
+            response.clone(),
             (NOW_MS / 1000) as i64,
             NOW_MS,
             None,
@@ -134,9 +134,9 @@ fn a_fault_while_reading_a_head_costs_that_call_alone() {
     assert!(
         rules
             .judge(
-                &fine,
+                fine.clone(),
                 200,
-                &response,
+                response,
                 0,
                 NOW_MS,
                 None,

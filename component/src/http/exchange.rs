@@ -54,9 +54,10 @@ pub struct Reading {
 /// Read what a request with fields `request` asks of a stored answer.
 pub fn read_request(request: &RawFields) -> Reading {
     let text = text_of(request);
+    let cc = rfc9111::Directives::of_request(&text);
     Reading {
-        conditions: rfc9111::request_conditions(&text),
-        only_if_cached: rfc9111::Directives::of_request(&text).only_if_cached,
+        conditions: rfc9111::request_conditions(&cc, &text),
+        only_if_cached: cc.only_if_cached,
     }
 }
 

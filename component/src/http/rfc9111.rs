@@ -681,10 +681,9 @@ pub fn understood(status: u16) -> bool {
 /// What a request asks of a stored answer (RFC 9111 §5.2.1): its
 /// `If-None-Match`; `no-cache` (or `Pragma: no-cache`) and `max-age` as an
 /// age bound (0: validate first), `min-fresh`, `max-stale` (no value: any
-/// staleness), in ms. `only-if-cached` is read with
-/// [`Directives::of_request`].
-pub fn request_conditions(request: &Fields) -> Conditions {
-    let cc = Directives::of_request(request);
+/// staleness), in ms, from its `cc` ([`Directives::of_request`], which
+/// also holds its `only-if-cached`).
+pub fn request_conditions(cc: &Directives, request: &Fields) -> Conditions {
     let ms = |d: Delta| d.secs().saturating_mul(1000);
     Conditions {
         if_none_match: first(request, "if-none-match").map(str::to_owned),
@@ -1338,7 +1337,10 @@ mod tests {
 
     #[test]
     fn request_directives_become_the_callers_conditions() {
-        let asks = |pairs: &[(&str, &str)]| request_conditions(&fields(pairs));
+        let asks = |pairs: &[(&str, &str)]| {
+            let request = fields(pairs);
+            request_conditions(&Directives::of_request(&request), &request)
+        };
         assert_eq!(asks(&[]), Conditions::default());
         let c = asks(&[("Cache-Control", "max-age=5, min-fresh=2, max-stale=7")]);
         assert_eq!(

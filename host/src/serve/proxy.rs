@@ -297,9 +297,9 @@ impl Fetcher for HttpOrigin {
         let status = response.status().as_u16();
         self.record(|t| t.outcome.status = Some(status));
         let judged = state.rules.judge(
-            &raw_request,
+            raw_request,
             status,
-            &raw_fields(response.headers()),
+            raw_fields(response.headers()),
             request_time,
             now_ms(),
             held,
