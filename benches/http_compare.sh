@@ -278,15 +278,19 @@ done
 
 rounds_file="$tmp/rounds"
 : >"$rounds_file"
-for obj in obj4k obj1m; do
-    scenario=hot-4KiB
-    [ "$obj" = obj1m ] && scenario=hot-1MiB
+# wrk_rounds SCENARIO CONNECTIONS PATH [WRK_ARG...]: --rounds rounds of wrk
+# against PATH on every server in turn (the servers take turns so a slow
+# spell falls on all alike), each round's req/s, p50 and p99 recorded,
+# then the scenario's medians.
+wrk_rounds() {
+    local scenario=$1 conns=$2 path=$3
+    shift 3
     for round in $(seq "$rounds"); do
         for s in "${servers[@]}"; do
-            url="http://127.0.0.1:${port[$s]}/$obj?via=$s"
-            out="$tmp/wrk-$s-$obj-$round.txt"
-            log "wrk $scenario $s (round $round of $rounds): -t$threads -c$connections -d$duration"
-            if timeout 300 wrk -t"$threads" -c"$connections" -d"$duration" --latency "$url" >"$out" 2>&1; then
+            url="http://127.0.0.1:${port[$s]}${path//@SERVER@/$s}"
+            out="$tmp/wrk-$s-$scenario-$round.txt"
+            log "wrk $scenario $s (round $round of $rounds): -t$threads -c$conns -d$duration $*"
+            if timeout 300 wrk -t"$threads" -c"$conns" -d"$duration" --latency "$@" "$url" >"$out" 2>&1; then
                 r=$(python3 "$helper" wrk "$out")
                 for m in rps:req/s p50_ms:p50-ms p99_ms:p99-ms; do
                     echo "$scenario ${m#*:} $s $(json "[\"${m%%:*}\"]" <<<"$r")" >>"$rounds_file"
@@ -300,6 +304,12 @@ for obj in obj4k obj1m; do
         done
     done
     python3 "$helper" medians "$rounds_file" "$scenario" >>"$results"
+}
+
+for obj in obj4k obj1m; do
+    scenario=hot-4KiB
+    [ "$obj" = obj1m ] && scenario=hot-1MiB
+    wrk_rounds "$scenario" "$connections" "/$obj?via=@SERVER@"
     for s in "${servers[@]}"; do
         [ "$s" = static ] || record "$scenario" origin-fetches "$s" "$(fetches "/$obj?via=$s ")"
     done
@@ -336,29 +346,8 @@ done
 
 # Misses, then a Zipf mix: keys from a wrk script, 4 KiB objects. Last, as
 # they fill the caches: the cold 1 GiB's peak RSS is measured before.
-for scenario in miss-4KiB zipf-4KiB; do
-    script="$here/wrk/miss.lua"
-    [ "$scenario" = zipf-4KiB ] && script="$here/wrk/zipf.lua"
-    for round in $(seq "$rounds"); do
-        for s in "${servers[@]}"; do
-            url="http://127.0.0.1:${port[$s]}/obj4k?via=$s&$scenario=$run_id"
-            out="$tmp/wrk-$s-$scenario-$round.txt"
-            log "wrk $scenario $s (round $round of $rounds): -t$threads -c$miss_connections -d$duration -s ${script##*/}"
-            if timeout 300 wrk -t"$threads" -c"$miss_connections" -d"$duration" --latency -s "$script" "$url" >"$out" 2>&1; then
-                r=$(python3 "$helper" wrk "$out")
-                for m in rps:req/s p50_ms:p50-ms p99_ms:p99-ms; do
-                    echo "$scenario ${m#*:} $s $(json "[\"${m%%:*}\"]" <<<"$r")" >>"$rounds_file"
-                done
-                errs=$(json '["errors"]' <<<"$r")
-                [ "$errs" = 0 ] || log "wrk $scenario $s: $errs errors"
-            else
-                log "wrk $scenario $s failed:"; cat "$out" >&2
-            fi
-            sleep 1
-        done
-    done
-    python3 "$helper" medians "$rounds_file" "$scenario" >>"$results"
-done
+wrk_rounds miss-4KiB "$miss_connections" "/obj4k?via=@SERVER@&miss-4KiB=$run_id" -s "$here/wrk/miss.lua"
+wrk_rounds zipf-4KiB "$miss_connections" "/obj4k?via=@SERVER@&zipf-4KiB=$run_id" -s "$here/wrk/zipf.lua"
 
 if [ "$have_djw" = 1 ]; then
     log "daramjwee metrics (http://127.0.0.1:$p_metrics/metrics):"

@@ -439,44 +439,69 @@ fn miss(c: &mut Criterion) {
     group.finish();
 }
 
+/// Tasks of an application's own runtime that ask at once.
+const TASKS: usize = 64;
+
+/// The time [`TASKS`] tasks on `hosted`'s runtime take to make `iters`
+/// gets each, task `t`'s `i`-th get of the key `key(t, i, buffer)` writes
+/// into the task's (cleared) buffer: no allocation a get once it is grown.
+fn time_tasks(
+    hosted: &std::sync::Arc<Hosted>,
+    iters: u64,
+    key: impl Fn(usize, usize, &mut String) + Clone + Send + 'static,
+) -> Duration {
+    hosted.rt.block_on(async {
+        let started = Instant::now();
+        let mut tasks = Vec::with_capacity(TASKS);
+        for t in 0..TASKS {
+            let (hosted, key) = (std::sync::Arc::clone(hosted), key.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut buffer = String::new();
+                for i in 0..iters as usize {
+                    buffer.clear();
+                    key(t, i, &mut buffer);
+                    black_box(hosted.get(&buffer).await);
+                }
+            }));
+        }
+        for task in tasks {
+            task.await.expect("task");
+        }
+        started.elapsed()
+    })
+}
+
+/// Close a cache whose timing tasks have all finished.
+fn close_shared(hosted: std::sync::Arc<Hosted>) {
+    match std::sync::Arc::try_unwrap(hosted) {
+        Ok(hosted) => hosted.close(),
+        Err(_) => unreachable!("every task finished"),
+    }
+}
+
 /// Hot hits from 64 concurrent tasks over 256 keys: how the shards use
 /// both cores.
 fn concurrent_hot_hits(c: &mut Criterion) {
-    const TASKS: usize = 64;
     let mut group = c.benchmark_group("concurrent_hot_hits_4KiB");
     group.throughput(criterion::Throughput::Elements(TASKS as u64));
     for shards in [1, 2] {
         let hosted = std::sync::Arc::new(Hosted::new(1, shards, SMALL));
-        let keys: Vec<String> = (0..256).map(|i| format!("key-{i}")).collect();
+        let keys: std::sync::Arc<Vec<String>> =
+            std::sync::Arc::new((0..256).map(|i| format!("key-{i}")).collect());
         hosted.rt.block_on(async {
-            for key in &keys {
+            for key in keys.iter() {
                 hosted.get(key).await;
             }
         });
         group.bench_function(format!("{shards}_shards"), |b| {
             b.iter_custom(|iters| {
-                hosted.rt.block_on(async {
-                    let started = Instant::now();
-                    let mut tasks = Vec::with_capacity(TASKS);
-                    for t in 0..TASKS {
-                        let (hosted, keys) = (std::sync::Arc::clone(&hosted), keys.clone());
-                        tasks.push(tokio::spawn(async move {
-                            for i in 0..iters as usize {
-                                black_box(hosted.get(&keys[(t * 7 + i) % keys.len()]).await);
-                            }
-                        }));
-                    }
-                    for task in tasks {
-                        task.await.expect("task");
-                    }
-                    started.elapsed()
+                let keys = std::sync::Arc::clone(&keys);
+                time_tasks(&hosted, iters, move |t, i, key| {
+                    key.push_str(&keys[(t * 7 + i) % keys.len()]);
                 })
             })
         });
-        match std::sync::Arc::try_unwrap(hosted) {
-            Ok(hosted) => hosted.close(),
-            Err(_) => unreachable!("every task finished"),
-        }
+        close_shared(hosted);
     }
     group.finish();
 }
@@ -485,36 +510,19 @@ fn concurrent_hot_hits(c: &mut Criterion) {
 /// a key never asked before (the origin in process): how many a second
 /// the cache fetches and stores.
 fn concurrent_misses(c: &mut Criterion) {
-    const TASKS: usize = 64;
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let mut group = c.benchmark_group("concurrent_misses_4KiB");
     group.throughput(criterion::Throughput::Elements(TASKS as u64));
     let hosted = std::sync::Arc::new(Hosted::new(1, 2, SMALL));
     group.bench_function("2_shards", |b| {
         b.iter_custom(|iters| {
-            hosted.rt.block_on(async {
-                let started = Instant::now();
-                let mut tasks = Vec::with_capacity(TASKS);
-                for _ in 0..TASKS {
-                    let hosted = std::sync::Arc::clone(&hosted);
-                    tasks.push(tokio::spawn(async move {
-                        for _ in 0..iters {
-                            let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            black_box(hosted.get(&format!("miss-{n}")).await);
-                        }
-                    }));
-                }
-                for task in tasks {
-                    task.await.expect("task");
-                }
-                started.elapsed()
+            time_tasks(&hosted, iters, |_, _, key| {
+                let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let _ = std::fmt::Write::write_fmt(key, format_args!("miss-{n}"));
             })
         })
     });
-    match std::sync::Arc::try_unwrap(hosted) {
-        Ok(hosted) => hosted.close(),
-        Err(_) => unreachable!("every task finished"),
-    }
+    close_shared(hosted);
     group.finish();
 }
 
